@@ -1,0 +1,3 @@
+from fastdisco.cli import main
+
+raise SystemExit(main())

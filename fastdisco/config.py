@@ -1,0 +1,256 @@
+"""Typed configuration: dataclass defaults, YAML recipes that hold only overrides, and
+`--set section.key=value` on the command line.
+
+An unknown key or a value of the wrong type is a one-line FastdiscoError that names the key.
+The resolved config is written into every run directory (`to_dict` -> config.yaml).
+Sections are owned by the part of the code that reads them; keep each field documented.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastdisco.errors import FastdiscoError
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class DataConfig:
+    """What to read and how to augment it (fastdisco.data.loader)."""
+
+    path: str = ""                      # a prepared dataset (output of `fastdisco prepare-data`)
+    backend: Literal["torch", "dali", "ffcv"] = "torch"
+    decode_device: Literal["auto", "mixed", "cpu"] = "auto"  # DALI: mixed = GPU decode
+    recipe: Literal["mocov2", "byol", "ssld", "eval"] = "mocov2"  # augmentation set
+    resolution: int = 224
+    batch_size: int = 256               # per device (per rank), source images
+    num_workers: int = 4
+    drop_last: bool = True
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Student, its projection head, and the frozen teacher (fastdisco.models, fastdisco.teacher)."""
+
+    student: str = "efficientnet_b0"    # any timm model name
+    proj_hidden: int = 2048             # DisCo's bottleneck fix; 512/1280 for MoCo v2 baselines
+    proj_dim: int = 128
+    teacher: str = ""                   # timm model name of the teacher ("" = none)
+    teacher_ckpt: str = ""              # local checkpoint file (never downloaded)
+    teacher_format: Literal["auto", "timm", "mocov2", "swav", "byol", "dino", "fastdisco", "safetensors"] = "auto"
+    teacher_bn: Literal["train", "eval"] = "train"  # official DisCo and SSLD: train mode
+    teacher_proj_hidden: int = 2048     # teacher's MoCo v2 head 2048-2048-128
+    shuffle_bn_group: int = 32          # emulated shuffle-BN group size on one device (0 = off)
+    sync_bn: bool = False               # SyncBatchNorm across DDP ranks instead
+
+
+@dataclass
+class MethodConfig:
+    """The training objective (fastdisco.methods)."""
+
+    name: Literal["mocov2", "disco", "ssld"] = "disco"
+    temperature: float = 0.2            # InfoNCE
+    queue_size: int = 65536
+    momentum: float = 0.999             # key encoder EMA
+    distill_weight: float = 1.0
+    # "mean": batch-mean 2-2cos per view. "sum": the official DisCo code's MSELoss(sum) over the
+    # per-GPU batch of 32, i.e. about 32x a batch mean; see RECIPES.md.
+    distill_reduction: Literal["mean", "sum"] = "mean"
+    ssld_loss: Literal["symkl", "soft_ce"] = "symkl"
+    kl_temperature: float = 1.0
+    loss_impl: Literal["auto", "torch", "triton"] = "auto"
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    lr: float = 0.03                    # at base_batch; scaled linearly with the global batch
+    base_batch: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    grad_accum: int = 1
+    clip_grad: float = 0.0              # 0 = off
+
+
+@dataclass
+class TrainConfig:
+    """The engine: length, precision, speed switches, logging and checkpointing."""
+
+    out_dir: str = "runs/default"
+    epochs: float = 200.0
+    max_steps: int = 0                  # > 0 overrides epochs
+    seed: int = 0
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    channels_last: bool = True
+    compile: bool = True
+    deterministic: bool = False
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    log_every: int = 20
+    ckpt_every: int = 500
+    keep_ckpts: int = 2
+    nan_policy: Literal["stop", "skip"] = "stop"
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------- machinery
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp, key: str) -> Any:
+    """Check `value` against the annotation `tp`; convert only where lossless (int -> float,
+    list -> tuple). Raises FastdiscoError naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise FastdiscoError(f"config key '{key}': {value!r} is not one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, key)
+            except FastdiscoError as e:
+                errors.append(str(e))
+        raise FastdiscoError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise FastdiscoError(f"config key '{key}': expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise FastdiscoError(f"config key '{key}': expected {len(args)} values, got {len(value)}")
+            return tuple(coerce(v, a, key) for v, a in zip(value, args))
+        item = args[0] if args else Any
+        seq = [coerce(v, item, key) for v in value] if item is not Any else list(value)
+        return tuple(seq) if origin is tuple else seq
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif isinstance(value, tp):
+        return value
+    raise FastdiscoError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def apply_overrides(obj, overrides: dict, prefix: str = "") -> None:
+    """Recursively set fields of dataclass `obj` from a nested dict."""
+    if not isinstance(overrides, dict):
+        raise FastdiscoError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {overrides!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in overrides.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise FastdiscoError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur):
+            apply_overrides(cur, v, key + ".")
+        else:
+            setattr(obj, k, coerce(v, hints[k], key))
+
+
+def parse_set(item: str) -> dict:
+    """'section.key=value' -> {'section': {'key': value}}, value parsed as YAML (1e-4, true, [1,2])."""
+    import yaml
+
+    if "=" not in item:
+        raise FastdiscoError(f"--set expects section.key=value, got '{item}'")
+    dotted, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict = {}
+    node = out
+    parts = dotted.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FastdiscoError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FastdiscoError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise FastdiscoError(f"config file {p} must hold a mapping of sections")
+    return data
+
+
+def build_config(path: str | Path | None = None, sets: list[str] | None = None, cls=Config):
+    """Defaults <- YAML recipe <- --set overrides, type-checked."""
+    cfg = cls()
+    if path:
+        apply_overrides(cfg, load_yaml(path))
+    for item in sets or []:
+        apply_overrides(cfg, parse_set(item))
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    d = dataclasses.asdict(cfg)
+
+    def plain(x):  # tuples -> lists so YAML/JSON stay simple
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(d)
+
+
+def from_dict(d: dict, cls=Config):
+    cfg = cls()
+    apply_overrides(cfg, d)
+    return cfg
+
+
+def save_yaml(cfg, path: str | Path) -> None:
+    import yaml
+
+    from fastdisco.io_utils import atomic_write
+
+    with atomic_write(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

@@ -1,0 +1,22 @@
+"""User-facing errors: the CLI prints them as one line (no traceback) and exits non-zero."""
+
+
+class FastdiscoError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class MissingBackendError(FastdiscoError):
+    """An optional backend (DALI, ffcv, ...) was chosen but is not installed."""
+
+
+def require(module: str, backend: str, hint: str):
+    """Import an optional dependency or raise a one-line MissingBackendError."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingBackendError(
+            f"backend '{backend}' needs the Python package '{module}', which is not importable "
+            f"({e.__class__.__name__}: {e}); {hint}"
+        ) from None
