@@ -25,7 +25,7 @@ class DataConfig:
     path: str = ""                      # a prepared dataset (output of `fastdisco prepare-data`)
     backend: Literal["torch", "dali", "ffcv"] = "torch"
     decode_device: Literal["auto", "mixed", "cpu"] = "auto"  # DALI: mixed = GPU decode
-    recipe: Literal["mocov2", "byol", "ssld", "eval"] = "mocov2"  # augmentation set
+    recipe: Literal["mocov2", "byol", "ssld", "linear", "eval"] = "mocov2"  # augmentation set
     resolution: int = 224
     batch_size: int = 256               # per device (per rank), source images
     num_workers: int = 4
