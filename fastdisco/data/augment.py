@@ -1,0 +1,265 @@
+"""Augmentation recipes, their parameter sampler, and the batched on-device pipeline.
+
+Every random choice of a batch (crop box, flip, colour-jitter factors and order, grayscale /
+blur / solarize flags and blur sigmas) is drawn up front, as CPU tensors, from one
+`torch.Generator` seeded from (seed, epoch, rank, batch). The params are returned with the
+batch, so any view can be replayed exactly with `apply_view(...)`, and a run is deterministic
+whatever the device. The images are then transformed on the device with the batched ops of
+`fastdisco.data.augment_ops` (torchvision's definitions, per-sample parameters).
+
+Recipes (docs/design.md section 2, RECIPES.md):
+  mocov2  2 views: RRC(0.2-1), jitter(0.4,0.4,0.4,0.1) p=.8, gray p=.2, blur(.1-2) p=.5, flip
+  byol    2 views: RRC(0.08-1), jitter(0.4,0.4,0.2,0.1) p=.8, gray p=.2, blur p=1.0 / 0.1,
+          solarize p=0 / 0.2, flip
+  ssld    1 view : RRC(0.08-1) + flip (shared by teacher and student)
+  linear  1 view : RRC(0.08-1) + flip
+  eval    1 view : resize shorter side to int(res / 0.875), center crop res
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fastdisco.data import augment_ops as ops
+from fastdisco.errors import FastdiscoError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_CROP_RATIO = 0.875  # 224 / 256
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """The distribution of one view. Probabilities of 0 switch an op off."""
+
+    crop: str = "rrc"                                # "rrc" | "center" (eval)
+    scale: tuple[float, float] = (0.08, 1.0)         # RRC area fraction
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)      # RRC aspect range (log-uniform)
+    flip_p: float = 0.5
+    jitter_p: float = 0.0
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # b, c, s, hue
+    gray_p: float = 0.0
+    blur_p: float = 0.0
+    sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+
+
+_MOCO = ViewSpec(scale=(0.2, 1.0), jitter_p=0.8, gray_p=0.2, blur_p=0.5)
+_BYOL = ViewSpec(scale=(0.08, 1.0), jitter_p=0.8, jitter=(0.4, 0.4, 0.2, 0.1), gray_p=0.2)
+RECIPES: dict[str, tuple[ViewSpec, ...]] = {
+    "mocov2": (_MOCO, _MOCO),
+    "byol": (replace(_BYOL, blur_p=1.0), replace(_BYOL, blur_p=0.1, solarize_p=0.2)),
+    "ssld": (ViewSpec(),),
+    "linear": (ViewSpec(),),
+    "eval": (ViewSpec(crop="center", flip_p=0.0),),
+}
+
+
+def recipe_views(recipe: str) -> tuple[ViewSpec, ...]:
+    if recipe not in RECIPES:
+        raise FastdiscoError(f"config key 'data.recipe': unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+    return RECIPES[recipe]
+
+
+def blur_kernel_size(resolution: int) -> int:
+    """Odd kernel of about 10% of the side (23 at 224, as BYOL / solo-learn)."""
+    k = int(round(0.1 * resolution))
+    return k + 1 if k % 2 == 0 else k
+
+
+def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
+    """A well-mixed 63-bit seed for one (seed, epoch, rank, batch)."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, rank, batch]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def make_generator(seed: int, epoch: int, rank: int, batch: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(batch_seed(seed, epoch, rank, batch))
+    return g
+
+
+# --------------------------------------------------------------------------- parameter sampling
+def sample_rrc(g: torch.Generator, heights: Tensor, widths: Tensor,
+               scale: tuple[float, float], ratio: tuple[float, float], tries: int = 10) -> Tensor:
+    """torchvision RandomResizedCrop.get_params, batched: [B] sizes -> [B, 4] (top, left, h, w).
+
+    Up to `tries` draws of (area, log-aspect); the first that fits wins, its position uniform;
+    if none fits, the whole image clamped to the aspect range, centred.
+    """
+    H = heights.double().view(-1, 1)
+    W = widths.double().view(-1, 1)
+    B = H.shape[0]
+    area = H * W
+    u_area = torch.rand(B, tries, generator=g, dtype=torch.float64)
+    u_ratio = torch.rand(B, tries, generator=g, dtype=torch.float64)
+    u_i = torch.rand(B, tries, generator=g, dtype=torch.float64)
+    u_j = torch.rand(B, tries, generator=g, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+    lr0, lr1 = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lr0 + (lr1 - lr0) * u_ratio)
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
+    i = torch.floor(u_i * (H - h + 1))
+    j = torch.floor(u_j * (W - w + 1))
+    first = torch.argmax(ok.int(), dim=1, keepdim=True)  # index of the first fitting try
+    any_ok = ok.any(dim=1)
+    pick = lambda t: t.gather(1, first).squeeze(1)  # noqa: E731
+    box = torch.stack([pick(i), pick(j), pick(h), pick(w)], dim=1)
+    # fallback: torchvision's center crop at the clamped aspect ratio
+    Hs, Ws = H.squeeze(1), W.squeeze(1)
+    in_ratio = Ws / Hs
+    fw = torch.where(in_ratio < min(ratio), Ws, torch.where(in_ratio > max(ratio), torch.round(Hs * max(ratio)), Ws))
+    fh = torch.where(in_ratio < min(ratio), torch.round(Ws / min(ratio)), Hs)
+    fb = torch.stack([torch.div(Hs - fh, 2, rounding_mode="floor"), torch.div(Ws - fw, 2, rounding_mode="floor"), fh, fw], 1)
+    return torch.where(any_ok.view(-1, 1), box, fb).float()
+
+
+def center_box(heights: Tensor, widths: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
+    """Eval geometry: torchvision Resize(int(res/0.875)) then CenterCrop(res).
+
+    Returns the resized sizes [B, 2] and the crop box in resized pixels [B, 4]."""
+    short = int(resolution / EVAL_CROP_RATIO)
+    H, W = heights.double(), widths.double()
+    s = torch.minimum(H, W)
+    # torchvision: the short side becomes `short`, the long side int(short * long / short_side)
+    rh = torch.where(H <= W, torch.full_like(H, short), torch.floor(short * H / s))
+    rw = torch.where(W <= H, torch.full_like(W, short), torch.floor(short * W / s))
+    top = torch.round((rh - resolution) / 2.0)
+    left = torch.round((rw - resolution) / 2.0)
+    res = torch.full_like(top, resolution)
+    return torch.stack([rh, rw], 1).float(), torch.stack([top, left, res, res], 1).float()
+
+
+def sample_view_params(g: torch.Generator, spec: ViewSpec, heights: Tensor, widths: Tensor,
+                       resolution: int) -> dict[str, Tensor]:
+    """Draw every parameter of one view for a batch (CPU tensors, leading dim B)."""
+    B = heights.shape[0]
+    p: dict[str, Tensor] = {"src_size": torch.stack([heights, widths], 1).float()}
+    if spec.crop == "rrc":
+        p["crop"] = sample_rrc(g, heights, widths, spec.scale, spec.ratio)
+    else:
+        p["resize"], p["crop"] = center_box(heights, widths, resolution)
+    p["flip"] = torch.rand(B, generator=g) < spec.flip_p
+    b, c, s, h = spec.jitter
+    u = torch.rand(B, 4, generator=g)
+    lo = torch.tensor([1 - b, 1 - c, 1 - s, -h])
+    hi = torch.tensor([1 + b, 1 + c, 1 + s, h])
+    p["jitter_factors"] = lo + (hi - lo) * u          # brightness, contrast, saturation, hue
+    p["jitter_order"] = torch.argsort(torch.rand(B, 4, generator=g), dim=1)  # torchvision: randperm(4)
+    p["jitter"] = torch.rand(B, generator=g) < spec.jitter_p
+    p["gray"] = torch.rand(B, generator=g) < spec.gray_p
+    p["blur"] = torch.rand(B, generator=g) < spec.blur_p
+    p["blur_sigma"] = spec.sigma[0] + (spec.sigma[1] - spec.sigma[0]) * torch.rand(B, generator=g)
+    p["solarize"] = torch.rand(B, generator=g) < spec.solarize_p
+    return p
+
+
+def sample_params(g: torch.Generator, views: tuple[ViewSpec, ...], heights: Tensor, widths: Tensor,
+                  resolution: int) -> list[dict[str, Tensor]]:
+    return [sample_view_params(g, v, heights, widths, resolution) for v in views]
+
+
+# --------------------------------------------------------------------------- applying
+def crop_view(imgs: Tensor, params: dict[str, Tensor], resolution: int, antialias: bool = True) -> Tensor:
+    """Geometry of one view on uint8 [B, 3, Hp, Wp] source images -> float [B, 3, res, res] in [0, 255]."""
+    if "resize" in params:  # eval: resize whole image, then center crop
+        out = []
+        for n, ((rh, rw), (t, l, hh, ww)) in enumerate(zip(params["resize"].long().tolist(), params["crop"].long().tolist())):
+            H, W = params["src_size"][n].long().tolist()
+            x = torch.nn.functional.interpolate(imgs[n : n + 1, :, :H, :W].float(), size=(rh, rw), mode="bilinear",
+                                                align_corners=False, antialias=antialias)
+            out.append(x[:, :, t : t + hh, l : l + ww])
+        return torch.cat(out, 0)
+    if antialias:
+        return ops.resized_crop(imgs, params["crop"], resolution, antialias=True)
+    return ops.resized_crop_grid(imgs, params["crop"], resolution)
+
+
+def _rows(mask: Tensor, device: torch.device) -> Tensor | None:
+    """Indices of the True rows, made from a CPU mask (no device sync), or None if empty."""
+    idx = mask.nonzero().flatten()
+    return idx.to(device, non_blocking=True) if idx.numel() else None
+
+
+def _apply_rows(x: Tensor, mask: Tensor, fn) -> Tensor:
+    """x[rows] = fn(x[rows], rows_cpu) for the rows where the CPU mask holds."""
+    rows = _rows(mask, x.device)
+    if rows is None:
+        return x
+    cpu_rows = mask.nonzero().flatten()
+    x = x.clone() if x.requires_grad else x
+    x.index_copy_(0, rows, fn(x.index_select(0, rows), cpu_rows))
+    return x
+
+
+def color_view(x: Tensor, params: dict[str, Tensor], resolution: int) -> Tensor:
+    """Photometric part of one view on float [B, 3, H, W] in [0, 1] (jitter in its drawn order,
+    grayscale, blur, solarize, flip), in torchvision's order of the MoCo v2 / BYOL pipelines."""
+    f = params["jitter_factors"]
+    order = params["jitter_order"]
+    jit = params["jitter"]
+    jitter_fns = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue)
+    if bool(jit.any()):
+        for pos in range(4):
+            for k, fn in enumerate(jitter_fns):
+                # each sample runs op k at position pos of its own permutation
+                sel = jit & (order[:, pos] == k)
+                x = _apply_rows(x, sel, lambda xs, r, fn=fn, k=k: fn(xs, f[r, k]))
+    x = _apply_rows(x, params["gray"], lambda xs, r: ops.grayscale3(xs))
+    ks = blur_kernel_size(resolution)
+    x = _apply_rows(x, params["blur"], lambda xs, r: ops.gaussian_blur(xs, params["blur_sigma"][r], ks))
+    x = _apply_rows(x, params["solarize"], lambda xs, r: ops.solarize(xs))
+    x = _apply_rows(x, params["flip"], lambda xs, r: ops.hflip(xs))
+    return x
+
+
+def normalize(x: Tensor, dtype: torch.dtype, channels_last: bool = True) -> Tensor:
+    """[0, 1] float -> (x - mean) / std in `dtype`, channels_last memory format."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    y = ((x - mean) / std).to(dtype)
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y.contiguous()
+
+
+class GpuAugment:
+    """The shared on-device part of every backend for one recipe."""
+
+    def __init__(self, recipe: str, resolution: int, dtype: torch.dtype = torch.float32,
+                 channels_last: bool = True, antialias: bool = True):
+        self.views = recipe_views(recipe)
+        self.recipe = recipe
+        self.resolution = resolution
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.antialias = antialias
+
+    @property
+    def num_views(self) -> int:
+        return len(self.views)
+
+    def sample(self, g: torch.Generator, heights: Tensor, widths: Tensor) -> list[dict[str, Tensor]]:
+        return sample_params(g, self.views, heights, widths, self.resolution)
+
+    def finish(self, cropped: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Cropped view (uint8 or float in [0, 255], [B, 3, res, res] on device) -> normalised view."""
+        x = cropped.float().clamp(0.0, 255.0).div_(255.0)
+        x = color_view(x, params, self.resolution)
+        return normalize(x, self.dtype, self.channels_last)
+
+    def __call__(self, imgs: Tensor, params: list[dict[str, Tensor]]) -> list[Tensor]:
+        """Full pipeline on uint8 source images [B, 3, Hp, Wp] (ragged batch zero-padded)."""
+        return [self.finish(crop_view(imgs, p, self.resolution, self.antialias), p) for p in params]
+
+
+def apply_view(imgs: Tensor, params: dict[str, Tensor], resolution: int, dtype: torch.dtype = torch.float32,
+               channels_last: bool = True, antialias: bool = True) -> Tensor:
+    """Replay one view exactly from its params (as returned in Batch.params)."""
+    p = {k: v.cpu() for k, v in params.items()}
+    x = crop_view(imgs, p, resolution, antialias).clamp(0.0, 255.0).div_(255.0)
+    x = color_view(x, p, resolution)
+    return normalize(x, dtype, channels_last)
