@@ -135,13 +135,14 @@ def _kl_kernel(S, T, LOSS, DS, DT, C, ss_n, ss_c, st_n, st_c, inv_t,
 
 
 def _launch(s: torch.Tensor, t: torch.Tensor, temperature: float, mode: int, grad_s: bool, grad_t: bool,
-            max_single_c: int = MAX_SINGLE_C, chunk_c: int = CHUNK_C):
-    """Per-row loss [N] (fp32) and, if asked, the per-row gradients (contiguous, input dtype)."""
+            max_single_c: int | None = None, chunk_c: int | None = None):
+    """Per-row loss [N] (fp32) and, if asked, the per-row gradients (contiguous, input dtype).
+    The tile limits default to the module constants, read at call time (tests shrink them)."""
     N, C = s.shape
     block_c = triton.next_power_of_2(C)
-    single = block_c <= max_single_c
+    single = block_c <= (max_single_c or MAX_SINGLE_C)
     if not single:
-        block_c = chunk_c
+        block_c = chunk_c or CHUNK_C
     loss = torch.empty(N, device=s.device, dtype=torch.float32)
     ds = torch.empty(N, C, device=s.device, dtype=s.dtype) if grad_s else loss  # dummy pointer when unused
     dt = torch.empty(N, C, device=t.device, dtype=t.dtype) if grad_t else loss
