@@ -31,22 +31,36 @@ class DataConfig:
     num_workers: int = 4
     drop_last: bool = True
     seed: int = 0
+    # resize of the random crop: True = bilinear with antialias (torchvision / PIL / DALI
+    # behaviour); False = plain bilinear, one batched grid_sample (faster, aliased downscale)
+    antialias: bool = True
+    # torch backend: where the crop + resize runs. "worker" = CPU DataLoader workers (small
+    # uint8 views cross to the device); "device" = whole decoded images go to the device and
+    # are cropped there; "auto" = device on CUDA, worker otherwise
+    crop_on: Literal["auto", "worker", "device"] = "auto"
+    dali_threads: int = 0               # DALI CPU threads (0 = data.num_workers)
 
 
 @dataclass
 class ModelConfig:
     """Student, its projection head, and the frozen teacher (fastdisco.models, fastdisco.teacher)."""
 
-    student: str = "efficientnet_b0"    # any timm model name
+    student: str = "efficientnet_b0"    # any timm model name (randomly initialised, never downloaded)
+    num_classes: int = 1000             # ssld only: the student's logits, must match the teacher's
     proj_hidden: int = 2048             # DisCo's bottleneck fix; 512/1280 for MoCo v2 baselines
     proj_dim: int = 128
     teacher: str = ""                   # timm model name of the teacher ("" = none)
     teacher_ckpt: str = ""              # local checkpoint file (never downloaded)
     teacher_format: Literal["auto", "timm", "mocov2", "swav", "byol", "dino", "fastdisco", "safetensors"] = "auto"
     teacher_bn: Literal["train", "eval"] = "train"  # official DisCo and SSLD: train mode
-    teacher_proj_hidden: int = 2048     # teacher's MoCo v2 head 2048-2048-128
-    shuffle_bn_group: int = 32          # emulated shuffle-BN group size on one device (0 = off)
-    sync_bn: bool = False               # SyncBatchNorm across DDP ranks instead
+    teacher_proj_hidden: int = 2048     # teacher's MoCo v2 head 2048-2048-128; checked against the file (0 = accept any)
+    teacher_mean: tuple[float, ...] = ()  # teacher's input mean; () = ImageNet for SSL formats, timm's cfg for timm weights
+    teacher_std: tuple[float, ...] = ()   # teacher's input std; () = as teacher_mean
+    # Emulated shuffle-BN (mocov2/disco): student BN statistics per group of this many samples
+    # (per device) and a shuffled key batch, so positive pairs never share BN statistics.
+    # Needs a per-device batch of at least 2 groups; otherwise plain BN. 0 = off.
+    shuffle_bn_group: int = 32
+    sync_bn: bool = False               # SyncBatchNorm across DDP ranks instead (CUDA/nccl)
 
 
 @dataclass
@@ -54,50 +68,60 @@ class MethodConfig:
     """The training objective (fastdisco.methods)."""
 
     name: Literal["mocov2", "disco", "ssld"] = "disco"
-    temperature: float = 0.2            # InfoNCE
-    queue_size: int = 65536
-    momentum: float = 0.999             # key encoder EMA
-    distill_weight: float = 1.0
-    # "mean": batch-mean 2-2cos per view. "sum": the official DisCo code's MSELoss(sum) over the
-    # per-GPU batch of 32, i.e. about 32x a batch mean; see RECIPES.md.
+    temperature: float = 0.2            # InfoNCE (MoCo v2 / DisCo: 0.2)
+    queue_size: int = 65536             # MoCo negatives queue length K (keys of dim model.proj_dim)
+    momentum: float = 0.999             # key encoder EMA, applied once per optimizer step
+    distill_weight: float = 1.0         # DisCo: weight of each view's distillation term
+    # "mean": batch-mean (2 - 2 cos) per view. "sum": the official DisCo code's MSELoss(sum) over
+    # its per-GPU batch of 32, reproduced as exactly 32 x the batch mean whatever our per-device
+    # batch is (fastdisco.methods.OFFICIAL_DISCO_PER_GPU_BATCH); see RECIPES.md.
     distill_reduction: Literal["mean", "sum"] = "mean"
-    ssld_loss: Literal["symkl", "soft_ce"] = "symkl"
-    kl_temperature: float = 1.0
-    loss_impl: Literal["auto", "torch", "triton"] = "auto"
+    ssld_loss: Literal["symkl", "soft_ce"] = "symkl"  # SSLD: symmetric KL or soft-label CE
+    kl_temperature: float = 1.0         # SSLD softmax temperature (paper: 1)
+    loss_impl: Literal["auto", "torch", "triton"] = "auto"  # fastdisco.kernels dispatch
 
 
 @dataclass
 class OptimConfig:
+    """Optimizer and schedule (fastdisco.optim). No weight decay on norms and biases."""
+
     name: Literal["sgd", "lars", "adamw"] = "sgd"
     lr: float = 0.03                    # at base_batch; scaled linearly with the global batch
-    base_batch: int = 256
-    momentum: float = 0.9
+    base_batch: int = 256               # global batch = data.batch_size * world size * grad_accum
+    momentum: float = 0.9               # SGD / LARS
     weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = 0.0
-    min_lr_ratio: float = 0.0
-    grad_accum: int = 1
-    clip_grad: float = 0.0              # 0 = off
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    lars_eta: float = 0.001             # LARS trust coefficient
+    fused: bool = True                  # fused SGD/AdamW kernels where supported (else foreach)
+    warmup_epochs: float = 0.0          # linear warm-up, then cosine
+    min_lr_ratio: float = 0.0           # final lr = min_lr_ratio * lr
+    grad_accum: int = 1                 # micro-batches (loader batches) per optimizer step
+    clip_grad: float = 0.0              # max global grad norm; 0 = off
 
 
 @dataclass
 class TrainConfig:
     """The engine: length, precision, speed switches, logging and checkpointing."""
 
-    out_dir: str = "runs/default"
-    epochs: float = 200.0
-    max_steps: int = 0                  # > 0 overrides epochs
+    out_dir: str = "runs/default"       # run directory; re-running with the same one resumes
+    epochs: float = 200.0               # length in passes over the data ...
+    max_steps: int = 0                  # ... unless > 0: length in optimizer steps (schedule too)
+    stop_at: int = 0                    # > 0: stop (with a checkpoint) after this step, keeping the
+                                        # schedule of the full run (for chunked jobs and tests)
     seed: int = 0
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype (CUDA and CPU); fp32 = off
     channels_last: bool = True
-    compile: bool = True
-    deterministic: bool = False
+    compile: bool = True                # torch.compile the student, key encoder and teacher separately
+    deterministic: bool = False         # torch.use_deterministic_algorithms, no cudnn autotuning
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    log_every: int = 20
-    ckpt_every: int = 500
-    keep_ckpts: int = 2
-    nan_policy: Literal["stop", "skip"] = "stop"
-    progress: bool = True
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"  # under torchrun; auto = nccl on CUDA
+    log_every: int = 20                 # host sync, metrics.jsonl / TensorBoard line, NaN check
+    ckpt_every: int = 500               # optimizer steps between checkpoints (also at the end and on SIGTERM/SIGINT)
+    keep_ckpts: int = 2                 # step_*.pt files kept (last.pt always)
+    resume: bool = True                 # continue from out_dir/checkpoints/last.pt when present
+    nan_policy: Literal["stop", "skip"] = "stop"  # non-finite loss: stop, or skip those steps
+    tensorboard: bool = True
+    progress: bool = True               # tqdm bar (rank 0)
 
 
 @dataclass
