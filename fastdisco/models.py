@@ -1,0 +1,181 @@
+"""The student (timm backbone + projection head), MoCo's momentum key encoder and key queue, and
+the BatchNorm treatments that stop positive pairs from sharing BN statistics.
+
+BN leakage: if the query and key encoders normalise view 1 and view 2 of the *same* images with
+statistics of the *same* batch, the contrastive task can be solved through those statistics.
+MoCo shuffles the key batch across GPUs ("shuffle-BN"). On one device we emulate it with
+`GroupedBatchNorm2d` (statistics per group of `shuffle_bn_group` samples) and a shuffled key
+batch, so the key of sample i is normalised with a different set of images than its query.
+Across devices, `sync_bn` (SyncBatchNorm) is the alternative (docs/design.md section 3).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastdisco.distributed import all_gather_cat
+
+
+# --------------------------------------------------------------------------- student
+class Student(nn.Module):
+    """`forward(x) = head(backbone(x))`. For mocov2/disco the backbone is a timm model with
+    `num_classes=0` (pooled features) and the head `Linear-ReLU-Linear` (keys head.0 / head.2);
+    for ssld the backbone keeps its classifier and the head is the identity."""
+
+    def __init__(self, name: str, head_hidden: int = 2048, head_dim: int = 128, num_classes: int = 0):
+        super().__init__()
+        import timm
+
+        from fastdisco.errors import FastdiscoError
+
+        try:
+            self.backbone = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        except RuntimeError as e:  # timm: "Unknown model (...)"
+            raise FastdiscoError(f"config key 'model.student': {e}") from None
+        if num_classes > 0:
+            self.head: nn.Module = nn.Identity()
+        else:
+            d = self.backbone.num_features
+            self.head = nn.Sequential(nn.Linear(d, head_hidden), nn.ReLU(inplace=True), nn.Linear(head_hidden, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def build_student(model_cfg, method_name: str) -> Student:
+    """Student per docs/design.md section 3, with shuffle-BN emulation or SyncBN as configured."""
+    num_classes = model_cfg.num_classes if method_name == "ssld" else 0
+    student = Student(model_cfg.student, model_cfg.proj_hidden, model_cfg.proj_dim, num_classes)
+    if model_cfg.sync_bn:
+        from timm.layers import convert_sync_batchnorm
+
+        student = convert_sync_batchnorm(student)
+    elif model_cfg.shuffle_bn_group > 0 and method_name != "ssld":
+        convert_grouped_bn(student, model_cfg.shuffle_bn_group)
+    return student
+
+
+# --------------------------------------------------------------------------- grouped BN
+class GroupedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics are computed per group of `group_size`
+    samples (group of sample i = i mod G, G = N / group_size), as if each group sat on its own
+    GPU. Same parameters and buffers (same state_dict keys) as the BatchNorm2d it replaces;
+    running stats are the mean over groups. Plain BN when N is not a multiple of group_size or
+    holds a single group. Trick from the official MoCo CIFAR demo (SplitBatchNorm).
+    `post` holds the activation / drop of timm's BatchNormAct2d (no parameters, no keys)."""
+
+    def __init__(self, num_features: int, group_size: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, post: nn.Module | None = None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.group_size = group_size
+        self.post = post if post is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        groups = n // self.group_size
+        if not self.training or groups < 2 or n % self.group_size:
+            return self.post(super().forward(x))
+        # [N, C, H, W] -> [N/G, G*C, H, W]: channel block g holds the samples i = g mod G.
+        mean = self.running_mean.repeat(groups) if self.track_running_stats else None
+        var = self.running_var.repeat(groups) if self.track_running_stats else None
+        wgt = self.weight.repeat(groups) if self.affine else None
+        bias = self.bias.repeat(groups) if self.affine else None
+        y = F.batch_norm(x.reshape(n // groups, groups * c, h, w), mean, var, wgt, bias, True,
+                         self.momentum if self.momentum is not None else 0.1, self.eps)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.copy_(mean.view(groups, c).mean(0))
+                self.running_var.copy_(var.view(groups, c).mean(0))
+                self.num_batches_tracked.add_(1)
+        return self.post(y.reshape(n, c, h, w).contiguous(memory_format=_fmt(x)))
+
+
+def _fmt(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def convert_grouped_bn(module: nn.Module, group_size: int) -> nn.Module:
+    """Replace every BatchNorm2d (incl. timm's BatchNormAct2d) in place by GroupedBatchNorm2d,
+    keeping parameters, buffers and state_dict keys."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, GroupedBatchNorm2d):
+            post = None
+            if hasattr(child, "act") and hasattr(child, "drop"):  # timm BatchNormAct2d
+                post = nn.Sequential(child.drop, child.act)
+            new = GroupedBatchNorm2d(child.num_features, group_size, child.eps, child.momentum, child.affine,
+                                     child.track_running_stats, post)
+            new.load_state_dict(child.state_dict())
+            new.train(child.training)
+            setattr(module, name, new)
+        else:
+            convert_grouped_bn(child, group_size)
+    return module
+
+
+# --------------------------------------------------------------------------- momentum encoder
+def make_key_encoder(student: nn.Module) -> nn.Module:
+    """A frozen copy of the query encoder, updated only by EMA (MoCo)."""
+    key = copy.deepcopy(student)
+    for p in key.parameters():
+        p.requires_grad_(False)
+    return key
+
+
+@torch.no_grad()
+def ema_update(key: nn.Module, query: nn.Module, momentum: float) -> None:
+    """key <- m * key + (1 - m) * query, parameters only (BN buffers are the key encoder's own,
+    as in MoCo). One foreach kernel per dtype/device group."""
+    kp = list(key.parameters())
+    qp = [p.detach() for p in query.parameters()]
+    torch._foreach_lerp_(kp, qp, 1.0 - momentum)
+
+
+@torch.no_grad()
+def shuffled_forward(encoder, x: torch.Tensor) -> torch.Tensor:
+    """Run `encoder` on a randomly permuted batch and undo the permutation, so that (with grouped
+    BN) the key of sample i is normalised with other images than its query."""
+    perm = torch.randperm(x.shape[0], device=x.device)
+    out = encoder(x[perm])
+    return out[torch.argsort(perm)]
+
+
+# --------------------------------------------------------------------------- queue
+class KeyQueue(nn.Module):
+    """MoCo's ring buffer of L2-normalised keys, [K, D] fp32. Keys are all-gathered across ranks
+    before being enqueued, so every rank holds the same queue. The write pointer lives on the
+    device: enqueueing never syncs with the host and any K works (no K % batch requirement)."""
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    def snapshot(self) -> torch.Tensor:
+        """A copy for the loss: the buffer is overwritten in place right after."""
+        return self.keys.clone()
+
+    @torch.no_grad()
+    def enqueue(self, k: torch.Tensor) -> None:
+        # nan_to_num: a skipped non-finite step (train.nan_policy=skip) must not poison the queue.
+        k = F.normalize(torch.nan_to_num(all_gather_cat(k.detach()).float(), 0.0, 0.0, 0.0), dim=1)
+        idx = (self.ptr + torch.arange(k.shape[0], device=k.device)) % self.keys.shape[0]
+        self.keys.index_copy_(0, idx, k)
+        self.ptr.copy_((self.ptr + k.shape[0]) % self.keys.shape[0])
+
+
+@torch.no_grad()
+def repair_bn_stats(module: nn.Module) -> int:
+    """Reset non-finite BN running statistics (mean -> 0, var -> 1) left by a skipped non-finite
+    forward; returns how many tensors were repaired. Called at the logging cadence."""
+    fixed = 0
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for buf, good in ((m.running_mean, 0.0), (m.running_var, 1.0)):
+                bad = ~torch.isfinite(buf)
+                if bad.any():
+                    buf[bad] = good
+                    fixed += 1
+    return fixed
