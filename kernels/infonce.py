@@ -119,8 +119,9 @@ def _dq_kernel(Q, B, LSE2, G, DQP, N, K, D, sq_n, sq_d, sb_k, sb_d, scale_log2, 
             s = tl.dot(q, tl.trans(b), input_precision=PREC)
         else:
             s = _scores(Q, B, rows, cols_k, N, K, D, sq_n, sq_d, sb_k, sb_d, BLOCK_N, BLOCK_K, BLOCK_D, PREC)
-        # columns past K would give p = 2^(0 - lse) != 0: mask them; rows past N have g = 0
-        p = tl.where(cols_k[None, :] < K, tl.exp2(s * scale_log2 - lse2[:, None]), 0.0) * g[:, None]
+        # columns past K get p = 2^(0 - lse) != 0 but meet b rows loaded as 0, so they add nothing
+        # to p @ b; rows past N have g = 0
+        p = tl.exp2(s * scale_log2 - lse2[:, None]) * g[:, None]
         acc = tl.dot(p.to(b.dtype), b, acc, input_precision=PREC)
     out = DQP + pid_s.to(tl.int64) * N * D + rows[:, None].to(tl.int64) * D + cols_o[None, :]
     tl.store(out, acc * scale, mask=(rows[:, None] < N) & (cols_o[None, :] < D))
