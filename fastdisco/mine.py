@@ -1,0 +1,370 @@
+"""`fastdisco mine`: SSLD's unlabeled-data selection.
+
+The teacher (its logits) scores every image of a prepared pool (docs/design.md section 1);
+images that are near-duplicates of an evaluation set (64-bit DCT perceptual hash within a
+Hamming distance) are dropped; the `top_k` most confident images per predicted class are kept.
+
+Output directory:
+  images/<index>.jpg  the selected JPEGs, byte for byte as stored in the pool's shards (the
+                      prepared manifest does not keep source paths, so the images are written out)
+  filelist.txt        `images/<index>.jpg,<predicted class>` per line (paths relative to the list,
+                      as `fastdisco prepare-data` reads them); `--no-labels` writes the path only
+  selected.csv        index,label,confidence,path for every selected image
+  mine.json           settings, counts, provenance
+  scores/             per-chunk scores (resume state): chunk-NNNNNN.npz + meta.json
+
+Resumable: the pool is scored in chunks of `--chunk-size` images, each saved atomically; a
+re-run skips the chunks already scored (with the same pool, teacher and settings).
+Eval-mode BN by default (`--teacher-bn`): a score should not depend on its batch neighbours.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from fastdisco.errors import FastdiscoError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+HASH_SIZE = 32   # pHash: grayscale image resized to 32x32 ...
+HASH_LOW = 8     # ... whose 8x8 lowest DCT frequencies, thresholded at their median, give 64 bits
+
+
+# --------------------------------------------------------------------------- perceptual hash
+def _dct_matrix(n: int) -> np.ndarray:
+    """Unnormalised DCT-II (as scipy.fftpack.dct): y[k] = 2 sum_i x[i] cos(pi k (2i+1) / 2n)."""
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    return 2.0 * np.cos(np.pi * k * (2 * i + 1) / (2 * n))
+
+
+_DCT = _dct_matrix(HASH_SIZE)
+
+
+def phash(img) -> int:
+    """64-bit DCT perceptual hash of a PIL image (the `imagehash.phash` algorithm)."""
+    from PIL import Image
+
+    g = np.asarray(img.convert("L").resize((HASH_SIZE, HASH_SIZE), Image.Resampling.LANCZOS), np.float64)
+    low = (_DCT @ g @ _DCT.T)[:HASH_LOW, :HASH_LOW]
+    bits = (low > np.median(low)).ravel()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(np.asarray(a, np.uint64) ^ np.asarray(b, np.uint64))
+
+
+def near_duplicates(query: np.ndarray, ref: np.ndarray, max_dist: int, block: int = 1 << 16) -> np.ndarray:
+    """bool[N]: query hash i is within `max_dist` bits of some ref hash.
+
+    Multi-index hashing: split the 64 bits into max_dist+1 bands; two hashes within max_dist
+    bits agree exactly on at least one band (pigeonhole), so only ref hashes sharing a band
+    value are compared -- pools of millions against an eval set of 50k stay cheap."""
+    query, ref = np.asarray(query, np.uint64), np.asarray(ref, np.uint64)
+    hit = np.zeros(len(query), bool)
+    if len(query) == 0 or len(ref) == 0 or max_dist < 0:
+        return hit
+    if max_dist > 12:  # bands too narrow to prune: compare everything, blockwise
+        for s in range(0, len(query), 1024):
+            d = hamming(query[s:s + 1024, None], ref[None, :])
+            hit[s:s + 1024] = (d <= max_dist).any(1)
+        return hit
+    edges = np.linspace(0, 64, max_dist + 2).astype(int)
+    for lo_bit, hi_bit in zip(edges[:-1], edges[1:]):
+        shift, mask = np.uint64(lo_bit), np.uint64((1 << int(hi_bit - lo_bit)) - 1)
+        rk = (ref >> shift) & mask
+        order = np.argsort(rk, kind="stable")
+        rks = rk[order]
+        for s in range(0, len(query), block):
+            todo = s + np.flatnonzero(~hit[s:s + block])
+            q = query[todo]
+            qk = (q >> shift) & mask
+            lo, hi = np.searchsorted(rks, qk, "left"), np.searchsorted(rks, qk, "right")
+            cnt = hi - lo
+            total = int(cnt.sum())
+            if total == 0:
+                continue
+            qi = np.repeat(np.arange(len(todo)), cnt)
+            rj = order[np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)]
+            close = qi[hamming(q[qi], ref[rj]) <= max_dist]
+            hit[todo[close]] = True
+    return hit
+
+
+# --------------------------------------------------------------------------- selection
+def select_topk(pred: np.ndarray, conf: np.ndarray, k: int, keep: np.ndarray | None = None,
+                min_conf: float = 0.0) -> np.ndarray:
+    """Indices (ascending) of the k most confident samples of every predicted class among
+    `keep`; ties broken by the lower index, so the result is deterministic."""
+    idx = np.arange(len(pred))
+    ok = conf >= min_conf
+    if keep is not None:
+        ok &= keep
+    idx, p, c = idx[ok], pred[ok], conf[ok]
+    order = np.lexsort((idx, -c.astype(np.float64), p))  # by class, then confidence desc, then index
+    p_sorted = p[order]
+    starts = np.searchsorted(p_sorted, p_sorted, "left")  # first position of each row's class
+    rank = np.arange(len(order)) - starts
+    return np.sort(idx[order][rank < k])
+
+
+# --------------------------------------------------------------------------- images
+def eval_transform(img, resolution: int, crop_pct: float) -> np.ndarray:
+    """Resize the shorter side to resolution / crop_pct, center-crop; uint8 HWC."""
+    from PIL import Image
+
+    short = round(resolution / crop_pct)
+    w, h = img.size
+    s = short / min(w, h)
+    img = img.resize((max(resolution, round(w * s)), max(resolution, round(h * s))), Image.Resampling.BILINEAR)
+    w, h = img.size
+    left, top = (w - resolution) // 2, (h - resolution) // 2
+    return np.asarray(img.crop((left, top, left + resolution, top + resolution)), np.uint8)
+
+
+def _decode(data: bytes, resolution: int, crop_pct: float) -> tuple[np.ndarray, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        return eval_transform(im, resolution, crop_pct), phash(im)
+
+
+def to_input(arrs: list[np.ndarray]):
+    """uint8 HWC images -> float [B,3,H,W] normalised with IMAGENET_MEAN/STD (the loader's)."""
+    import torch
+
+    from fastdisco.teacher import IMAGENET_MEAN, IMAGENET_STD
+
+    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# --------------------------------------------------------------------------- pool access
+class Pool:
+    """The JPEG bytes of sample i of a prepared dataset (random access via the shard index)."""
+
+    def __init__(self, root: str | Path):
+        from fastdisco.data.wds_reader import SampleReader, ShardIndex, load_manifest
+
+        self.root = Path(root)
+        self.manifest = load_manifest(self.root)
+        self.reader = SampleReader(ShardIndex.build(self.root, self.manifest))
+        self.num_samples = int(self.manifest["num_samples"])
+
+    def jpeg(self, i: int) -> bytes:
+        return self.reader.jpeg(i)
+
+
+def hash_images(source: str | Path, workers: int = 2) -> np.ndarray:
+    """pHashes of an evaluation set: a prepared dataset directory or a folder of image files."""
+    from PIL import Image
+
+    src = Path(source)
+    if (src / "manifest.json").is_file():
+        pool = Pool(src)
+        blobs: Iterable[Callable[[], bytes]] = [lambda i=i: pool.jpeg(i) for i in range(pool.num_samples)]
+    elif src.is_dir():
+        files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        blobs = [f.read_bytes for f in files]
+    else:
+        raise FastdiscoError(f"--eval-set {src}: neither a prepared dataset nor a folder of images")
+
+    def one(get: Callable[[], bytes]) -> int:
+        with Image.open(io.BytesIO(get())) as im:
+            return phash(im.convert("RGB"))
+
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        return np.fromiter(ex.map(one, blobs), np.uint64)
+
+
+# --------------------------------------------------------------------------- scoring
+Scorer = Callable[["object"], "object"]  # float tensor [B,3,H,W] -> logits [B,C]
+
+
+def _chunk_path(scores: Path, c: int) -> Path:
+    return scores / f"chunk-{c:06d}.npz"
+
+
+def _check_meta(scores: Path, meta: dict, fresh: bool) -> None:
+    """Scores from other settings must never be mixed in: refuse, or discard with --fresh."""
+    from fastdisco.io_utils import write_json
+
+    path = scores / "meta.json"
+    if path.is_file() and not fresh:
+        old = json.loads(path.read_text())
+        diff = [k for k in meta if old.get(k) != meta[k]]
+        if diff:
+            raise FastdiscoError(f"{scores} holds scores made with other settings ({', '.join(diff)} differ); "
+                                 f"re-run with --fresh to discard them")
+    if fresh and scores.is_dir():
+        for p in scores.glob("chunk-*.npz"):
+            p.unlink()
+    write_json(path, meta)
+
+
+def score_pool(pool: Pool, scores: Path, scorer: Scorer, meta: dict, chunk_size: int = 2048,
+               batch_size: int = 64, resolution: int = 224, crop_pct: float = 0.875, workers: int = 2,
+               fresh: bool = False, progress: bool = True) -> dict[str, np.ndarray]:
+    """Score every pool image (predicted class, confidence, pHash), chunk by chunk, skipping the
+    chunks already saved. Returns the concatenated arrays."""
+    import torch
+    from tqdm import tqdm
+
+    from fastdisco.io_utils import atomic_write
+
+    scores.mkdir(parents=True, exist_ok=True)
+    _check_meta(scores, {**meta, "num_samples": pool.num_samples, "chunk_size": chunk_size,
+                         "resolution": resolution, "crop_pct": crop_pct}, fresh)
+    n = pool.num_samples
+    chunks = range((n + chunk_size - 1) // chunk_size)
+    done = [c for c in chunks if _chunk_path(scores, c).is_file()]
+    n_done = sum(min(chunk_size, n - c * chunk_size) for c in done)
+    bar = tqdm(total=n, initial=n_done, unit="img", desc="mine: scoring", disable=not progress)
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        for c in chunks:
+            if c in done:
+                continue
+            ids = range(c * chunk_size, min(n, (c + 1) * chunk_size))
+            pred, conf, hashes = [], [], []
+            for b in range(0, len(ids), batch_size):
+                batch = ids[b:b + batch_size]
+                decoded = list(ex.map(lambda i: _decode(pool.jpeg(i), resolution, crop_pct), batch))
+                with torch.no_grad():
+                    logits = scorer(to_input([d[0] for d in decoded]))
+                    p = torch.softmax(logits.float(), dim=1).max(dim=1)
+                conf.append(p.values.cpu().numpy().astype(np.float32))
+                pred.append(p.indices.cpu().numpy().astype(np.int32))
+                hashes.append(np.array([d[1] for d in decoded], np.uint64))
+                bar.update(len(batch))
+            with atomic_write(_chunk_path(scores, c)) as f:
+                np.savez(f, pred=np.concatenate(pred), conf=np.concatenate(conf), hash=np.concatenate(hashes))
+    bar.close()
+    parts = [np.load(_chunk_path(scores, c)) for c in chunks]
+    return {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in ("pred", "conf", "hash")}
+
+
+# --------------------------------------------------------------------------- whole command
+def run_mine(pool_dir: str | Path, out: str | Path, scorer: Scorer, *, top_k: int, meta: dict | None = None,
+             eval_sets: list[str] = (), hash_distance: int = 6, min_confidence: float = 0.0,
+             labels: bool = True, chunk_size: int = 2048, batch_size: int = 64, resolution: int = 224,
+             crop_pct: float = 0.875, workers: int = 2, fresh: bool = False, progress: bool = True) -> dict:
+    """Score, de-duplicate, select and write (see the module docstring). Returns the summary."""
+    from fastdisco import provenance
+    from fastdisco.io_utils import atomic_write, write_json
+
+    if top_k < 1:
+        raise FastdiscoError(f"--top-k must be at least 1, got {top_k}")
+    out = Path(out)
+    pool = Pool(pool_dir)
+    s = score_pool(pool, out / "scores", scorer, dict(meta or {}, pool=str(Path(pool_dir).resolve())),
+                   chunk_size, batch_size, resolution, crop_pct, workers, fresh, progress)
+    eval_hashes = np.concatenate([hash_images(e, workers) for e in eval_sets] or [np.zeros(0, np.uint64)])
+    dup = near_duplicates(s["hash"], eval_hashes, hash_distance)
+    chosen = select_topk(s["pred"], s["conf"], top_k, ~dup, min_confidence)
+
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    names = {int(i): f"{int(i):09d}.jpg" for i in chosen}
+    wanted = set(names.values())
+    for p in images.glob("*.jpg"):  # a re-run with other settings: drop what is no longer chosen
+        if p.name not in wanted:
+            p.unlink()
+    for i, name in names.items():
+        data = pool.jpeg(i)
+        dst = images / name
+        if not (dst.is_file() and dst.stat().st_size == len(data)):
+            with atomic_write(dst) as f:
+                f.write(data)
+    with atomic_write(out / "filelist.txt", "w") as f:
+        for i, name in names.items():
+            f.write(f"images/{name},{int(s['pred'][i])}\n" if labels else f"images/{name}\n")
+    with atomic_write(out / "selected.csv", "w") as f:
+        f.write("index,label,confidence,path\n")
+        for i, name in names.items():
+            f.write(f"{i},{int(s['pred'][i])},{float(s['conf'][i]):.6f},images/{name}\n")
+    per_class = np.bincount(s["pred"][chosen], minlength=0).tolist() if len(chosen) else []
+    summary = {
+        "pool": str(Path(pool_dir).resolve()), "num_pool": pool.num_samples, "num_selected": int(len(chosen)),
+        "num_near_duplicates": int(dup.sum()), "eval_sets": [str(e) for e in eval_sets],
+        "num_eval_images": int(len(eval_hashes)), "selected_per_class": per_class,
+        "settings": {"top_k": top_k, "hash_distance": hash_distance, "min_confidence": min_confidence,
+                     "resolution": resolution, "crop_pct": crop_pct, "chunk_size": chunk_size, **(meta or {})},
+        "filelist": "filelist.txt", "tool": provenance.collect(),
+    }
+    write_json(out / "mine.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pool", help="prepared dataset directory holding the unlabeled pool")
+    p.add_argument("out", help="output directory (filelist.txt, images/, selected.csv, mine.json, scores/)")
+    p.add_argument("--config", help="YAML recipe; its model section names the teacher")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. model.teacher=resnet50")
+    p.add_argument("--teacher", help="timm name of the teacher (= --set model.teacher=...)")
+    p.add_argument("--teacher-ckpt", help="local teacher checkpoint with a classifier (= model.teacher_ckpt)")
+    p.add_argument("--teacher-format", help="checkpoint format (= model.teacher_format; default auto)")
+    p.add_argument("--teacher-bn", choices=("eval", "train"), default="eval",
+                   help="teacher BN mode while scoring (default eval: scores independent of the batch)")
+    p.add_argument("--top-k", type=int, required=True, help="images kept per predicted class")
+    p.add_argument("--min-confidence", type=float, default=0.0, help="drop images the teacher is less sure of")
+    p.add_argument("--eval-set", action="append", default=[], metavar="DIR",
+                   help="evaluation set whose near-duplicates are removed (prepared dataset or image folder; repeatable)")
+    p.add_argument("--hash-distance", type=int, default=6,
+                   help="max Hamming distance (of 64 pHash bits) that counts as a near-duplicate (default 6: random pairs reach it with p ~ 5e-12)")
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--crop-pct", type=float, default=0.875, help="resize to resolution/crop_pct, then center crop")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=2048, help="images per saved chunk of scores (resume unit)")
+    p.add_argument("--workers", type=int, default=4, help="decode threads")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-labels", action="store_true", help="write paths only to filelist.txt")
+    p.add_argument("--fresh", action="store_true", help="discard saved scores and score the pool again")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastdisco.config import build_config
+    from fastdisco.teacher import load_teacher
+
+    sets = list(args.set)
+    for flag, key in (("teacher", "teacher"), ("teacher_ckpt", "teacher_ckpt"), ("teacher_format", "teacher_format")):
+        if getattr(args, flag):
+            sets.append(f"model.{key}={getattr(args, flag)}")
+    sets.append(f"model.teacher_bn={args.teacher_bn}")
+    cfg = build_config(args.config, sets)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    teacher = load_teacher(cfg.model, output="logits", device=device, channels_last=device.type == "cuda")
+
+    def scorer(x):
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return teacher(x)
+        return teacher(x)
+
+    ckpt = Path(cfg.model.teacher_ckpt)
+    meta = {"teacher": teacher.name, "teacher_ckpt": str(ckpt.resolve()), "teacher_ckpt_bytes": ckpt.stat().st_size,
+            "teacher_format": teacher.format, "teacher_bn": cfg.model.teacher_bn}
+    summary = run_mine(args.pool, args.out, scorer, top_k=args.top_k, meta=meta, eval_sets=args.eval_set,
+                       hash_distance=args.hash_distance, min_confidence=args.min_confidence,
+                       labels=not args.no_labels, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                       resolution=args.resolution, crop_pct=args.crop_pct, workers=args.workers,
+                       fresh=args.fresh, progress=not args.no_progress)
+    print(f"mine: kept {summary['num_selected']} of {summary['num_pool']} images "
+          f"({summary['num_near_duplicates']} near-duplicates of the eval set removed) -> "
+          f"{Path(args.out) / 'filelist.txt'}")
+    return 0
