@@ -1,0 +1,84 @@
+"""Semi-supervised evaluation: the linear probe trained on a class-balanced 1% / 10% subset of
+the labelled train set (as in SimCLR / DisCo), evaluated on the full val set.
+
+Subsets are drawn per class with a seeded permutation: each class keeps round(fraction * n_c)
+samples, at least one. They can also be given as a file of sample indices (manifest order) or
+sample keys (`%09d`), one per line, e.g. to reuse the published ImageNet 1% / 10% lists after
+mapping them to indices.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from fastdisco.errors import FastdiscoError
+from fastdisco.evaluation.linear import linear_probe_fast
+
+
+def balanced_subset(labels: torch.Tensor, fraction: float, *, seed: int = 0) -> torch.Tensor:
+    """Positions (into `labels`) of a class-balanced subset, sorted; labels < 0 are never chosen."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    labels = labels.long().cpu()
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in torch.unique(labels[labels >= 0]).tolist():
+        pos = torch.nonzero(labels == c).flatten()
+        n = max(1, round(fraction * pos.numel()))
+        chosen.append(pos[torch.randperm(pos.numel(), generator=gen)[:n]])
+    if not chosen:
+        raise ValueError("no labelled samples to draw a subset from")
+    return torch.cat(chosen).sort().values
+
+
+def read_subset_file(path: str | Path) -> list[int]:
+    """Sample indices from a file: one integer index or `%09d` key per line ('#' comments ok)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FastdiscoError(f"subset file not found: {p}")
+    out = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        s = line.split("#", 1)[0].strip()
+        if not s:
+            continue
+        s = Path(s).stem if not s.isdigit() else s  # "000000012.jpg" -> key
+        if not s.isdigit():
+            raise FastdiscoError(f"{p}:{n}: expected a sample index or key, got {line.strip()!r} "
+                                 "(map file names to prepared-sample indices first)")
+        out.append(int(s))
+    if not out:
+        raise FastdiscoError(f"subset file {p} lists no samples")
+    return out
+
+
+def positions_of(indices: torch.Tensor, wanted: Sequence[int]) -> torch.Tensor:
+    """Positions in the extracted feature rows whose sample index is in `wanted`."""
+    wanted_t = torch.as_tensor(list(wanted), dtype=torch.long, device=indices.device)
+    mask = torch.isin(indices, wanted_t)
+    found = int(torch.unique(indices[mask]).numel())
+    if found != int(torch.unique(wanted_t).numel()):
+        raise FastdiscoError(f"subset lists {int(torch.unique(wanted_t).numel())} samples but only {found} "
+                             "are in the train data")
+    return torch.nonzero(mask).flatten()
+
+
+def semi_eval(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor,
+              val_labels: torch.Tensor, *, fractions: Sequence[float] = (0.01, 0.1), seed: int = 0,
+              subsets: dict[str, torch.Tensor] | None = None, num_classes: int | None = None,
+              **probe_kwargs) -> dict:
+    """{"1%": {...linear_probe_fast result...}, "10%": {...}}: the fast probe on each subset.
+    `subsets` (name -> positions) replaces the seeded fractions when given."""
+    if num_classes is None:
+        num_classes = int(torch.maximum(train_labels.max(), val_labels.max().to(train_labels.device))) + 1
+    if subsets is None:
+        subsets = {f"{100 * f:g}%": balanced_subset(train_labels, f, seed=seed) for f in fractions}
+    out = {}
+    for name, pos in subsets.items():
+        pos = pos.to(train_feats.device)
+        res = linear_probe_fast(train_feats[pos], train_labels[pos], val_feats, val_labels,
+                                num_classes=num_classes, seed=seed, **probe_kwargs)
+        res["num_labelled"] = int(pos.numel())
+        out[name] = res
+    return out

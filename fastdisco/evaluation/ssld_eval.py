@@ -1,0 +1,59 @@
+"""SSLD students keep their classifier: evaluate it directly.
+
+- top-1 / top-5 of the student's own logits against the labels, where labels exist (>= 0);
+- agreement: how often the student's top-1 class equals the teacher's top-1 class (all samples,
+  labelled or not), the quantity SSLD's label-free distillation optimises for.
+Counts are accumulated on the device and read once at the end.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from fastdisco.evaluation.features import _autocast, _bar, prepare_input, unpack_batch
+from fastdisco.evaluation.linear import topk_correct
+
+
+@torch.inference_mode()
+def ssld_eval(student: nn.Module, loader: Iterable, *, teacher: nn.Module | None = None,
+              device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None,
+              progress: bool = False) -> dict:
+    """{"top1", "top5" (None without labels), "agreement_top1" (None without teacher), counts}."""
+    if getattr(student, "num_classes", 1) == 0:
+        raise ValueError("the student has no classifier (num_classes=0): use the linear probe or kNN")
+    if device is None:
+        device = next(student.parameters()).device
+    device = torch.device(device)
+    student.eval()
+    if teacher is not None:
+        teacher.eval()
+    correct = torch.zeros(2, dtype=torch.long, device=device)
+    labelled = torch.zeros((), dtype=torch.long, device=device)
+    agree = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    for batch in _bar(loader, progress, "ssld eval"):
+        x, y, _ = unpack_batch(batch)
+        x, dtype = prepare_input(x, device, amp_dtype)
+        y = y.to(device, non_blocking=True).long()
+        with _autocast(device, dtype):
+            s = student(x).float()
+            t = teacher(x).float() if teacher is not None else None
+        has = y >= 0
+        # Masked rows get label -2, which no top-k index equals, so they never count as hits.
+        correct += topk_correct(s, torch.where(has, y, torch.full_like(y, -2)))
+        labelled += has.sum()
+        if t is not None:
+            if t.shape[1] != s.shape[1]:
+                raise ValueError(f"teacher gives {t.shape[1]} classes, student {s.shape[1]}")
+            agree += (s.argmax(1) == t.argmax(1)).sum()
+        total += x.shape[0]
+    n_lab = int(labelled)
+    c = correct.tolist()
+    return {
+        "top1": 100.0 * c[0] / n_lab if n_lab else None,
+        "top5": 100.0 * c[1] / n_lab if n_lab else None,
+        "agreement_top1": 100.0 * int(agree) / total if teacher is not None and total else None,
+        "num_samples": total, "num_labelled": n_lab,
+    }
