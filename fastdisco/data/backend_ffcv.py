@@ -77,7 +77,8 @@ class FfcvLoader(BaseLoader):
         for k, out in enumerate(ld):
             b = start + k
             named = dict(zip(self._names, out))
-            ids = named["index"].reshape(-1).long()
+            # ffcv reuses its output buffers for later batches: copy what the Batch keeps
+            ids = named["index"].reshape(-1).long().clone()
             if not torch.equal(ids, torch.from_numpy(idx[b])):
                 raise RuntimeError("ffcv returned samples out of the planned order")  # guards the SEQUENTIAL assumption
             hw = torch.from_numpy(self._hw[ids.numpy()])
@@ -85,5 +86,5 @@ class FfcvLoader(BaseLoader):
             for p in params:
                 p["crop"] = torch.full_like(p["crop"], float("nan"))  # drawn by ffcv, unknown
             cropped = [named[f"view{v}"].permute(0, 3, 1, 2) for v in range(V)]
-            yield self._to_batch(cropped, params, named["label"].reshape(-1).long(), ids,
+            yield self._to_batch(cropped, params, named["label"].reshape(-1).long().clone(), ids,
                                  torch.from_numpy(valid[b].copy()))

@@ -1,0 +1,271 @@
+"""The loader contract (docs/design.md section 2) for the torch, dali (CPU) and ffcv backends on
+small prepared data: shapes, dtype, layout, normalisation, determinism, DDP split, resume,
+and statistical equivalence of the backends' augmentation."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import fastdisco._compat  # noqa: F401
+from fastdisco.config import DataConfig
+from fastdisco.data import augment as A
+from fastdisco.data.loader import make_loader, rank_plan
+from fastdisco.errors import FastdiscoError
+
+BACKENDS = ["torch", "dali", "ffcv"]
+N, RES, B = 48, 24, 8
+
+
+def _have(backend):
+    mod = {"torch": "torch", "dali": "nvidia.dali", "ffcv": "ffcv"}[backend]
+    try:
+        __import__(mod)
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    from fastdisco.data.prepare import prepare_dataset
+    from fastdisco.data.synthetic import write_synthetic_folder
+
+    root = tmp_path_factory.mktemp("loader")
+    write_synthetic_folder(root / "src", num_classes=3, per_class=16, size=(48, 64), ext="jpg")
+    prepare_dataset(root / "src", root / "out", workers=1, shard_size=20)
+    return str(root / "out")
+
+
+@pytest.fixture(scope="session")
+def coord_data(tmp_path_factory):
+    """32 copies of one image whose R / G channels encode x / y, so a crop is readable back."""
+    from PIL import Image
+
+    from fastdisco.data.prepare import prepare_dataset
+
+    root = tmp_path_factory.mktemp("coord")
+    H, W = 60, 80
+    yy, xx = np.mgrid[0:H, 0:W]
+    img = np.stack([xx / (W - 1) * 255, yy / (H - 1) * 255, np.full_like(xx, 128.0)], -1).round().astype(np.uint8)
+    (root / "src" / "a").mkdir(parents=True)
+    for j in range(32):
+        Image.fromarray(img).save(root / "src" / "a" / f"{j:03d}.png")
+    prepare_dataset(root / "src", root / "out", workers=1, shard_size=32, quality=95)
+    return str(root / "out")
+
+
+def cfg_for(path, backend, **kw):
+    base = dict(path=path, backend=backend, batch_size=B, resolution=RES, num_workers=1, seed=3)
+    return DataConfig(**{**base, **kw})
+
+
+def collect(loader, limit=None):
+    out = []
+    for k, b in enumerate(loader):
+        out.append(b)
+        if limit is not None and k + 1 >= limit:
+            break
+    return out
+
+
+# --------------------------------------------------------------------------- the plan (pure logic)
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_plan_disjoint_covering_equal(world, drop_last):
+    n, bs = 50, 4
+    plans = [rank_plan(n, bs, world, r, drop_last, seed=1, epoch=2) for r in range(world)]
+    nbs = {p[0].shape[0] for p in plans}
+    assert len(nbs) == 1  # equal batch count on every rank: no hang at epoch end
+    real = np.concatenate([p[0][p[1]] for p in plans])
+    assert len(np.unique(real)) == len(real)  # disjoint (padding aside)
+    if drop_last:
+        assert len(real) == (n // (bs * world)) * bs * world and all(p[1].all() for p in plans)
+    else:
+        assert sorted(real.tolist()) == list(range(n))  # covers the dataset exactly once
+    # a different epoch is a different permutation, the same epoch the same one
+    assert not np.array_equal(rank_plan(n, bs, world, 0, drop_last, 1, 3)[0], plans[0][0])
+    assert np.array_equal(rank_plan(n, bs, world, 0, drop_last, 1, 2)[0], plans[0][0])
+
+
+def test_too_small_dataset_is_one_line_error(prepared):
+    with pytest.raises(FastdiscoError, match="batch_size"):
+        make_loader(cfg_for(prepared, "torch", batch_size=64))
+
+
+# --------------------------------------------------------------------------- every backend
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_contract_shapes_dtype_layout(prepared, backend):
+    if not _have(backend):
+        pytest.skip(f"{backend} not installed")
+    ld = make_loader(cfg_for(prepared, backend), dtype=torch.bfloat16)
+    assert (ld.num_samples, ld.num_classes, ld.num_views, len(ld)) == (N, 3, 2, N // B)
+    batches = collect(ld)
+    assert len(batches) == len(ld) and ld.state_dict() == {"epoch": 1, "batch": 0}
+    seen = torch.cat([b.indices for b in batches])
+    assert sorted(seen.tolist()) == list(range(N))
+    b = batches[0]
+    for v in b.views:
+        assert v.shape == (B, 3, RES, RES) and v.dtype == torch.bfloat16
+        assert v.is_contiguous(memory_format=torch.channels_last)
+        # normalised: [0, 1] maps into [-mean/std, (1-mean)/std]
+        lo = -torch.tensor(A.IMAGENET_MEAN) / torch.tensor(A.IMAGENET_STD)
+        hi = (1 - torch.tensor(A.IMAGENET_MEAN)) / torch.tensor(A.IMAGENET_STD)
+        assert (v.float().amin((0, 2, 3)) >= lo - 0.02).all() and (v.float().amax((0, 2, 3)) <= hi + 0.02).all()
+    assert b.labels.dtype == torch.int64 and b.indices.dtype == torch.int64
+    # labels follow the manifest order: sorted class folders of 16 images each
+    assert torch.equal(b.labels, b.indices // 16)
+    assert len(b.params) == 2 and b.params[0]["flip"].shape == (B,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic_and_resumable(prepared, backend):
+    if not _have(backend):
+        pytest.skip(f"{backend} not installed")
+    cfg = cfg_for(prepared, backend)
+    ld = make_loader(cfg)
+    ld.set_epoch(1)
+    full = collect(ld)
+    # interrupted after 2 batches, state saved, a fresh loader resumes
+    ld2 = make_loader(cfg)
+    ld2.set_epoch(1)
+    collect(ld2, limit=2)
+    state = ld2.state_dict()
+    assert state == {"epoch": 1, "batch": 2}
+    ld3 = make_loader(cfg)
+    ld3.load_state_dict(state)
+    ld3.set_epoch(1)  # the engine's usual call keeps the restored position
+    rest = collect(ld3)
+    assert len(rest) == len(full) - 2
+    exact = backend != "ffcv"  # ffcv's crops come from its unseeded numba RNG
+    for a, b in zip(full[2:], rest):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
+        for pa, pb in zip(a.params, b.params):
+            for k in pa:
+                assert torch.equal(pa[k], pb[k]) or (not exact and k == "crop")
+        if exact:
+            assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))
+    # a different seed gives other batches
+    other = collect(make_loader(dataclasses.replace(cfg, seed=4)), limit=1)[0]
+    assert not torch.equal(other.indices, full[0].indices)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ddp_ranks_disjoint_equal_counts(prepared, backend):
+    if not _have(backend):
+        pytest.skip(f"{backend} not installed")
+    cfg = cfg_for(prepared, backend, batch_size=5, drop_last=False, recipe="eval")
+    loaders = [make_loader(cfg, rank=r, world_size=3) for r in range(3)]
+    counts = {len(ld) for ld in loaders}
+    assert counts == {4}  # ceil(48 / 15)
+    got = [collect(ld) for ld in loaders]
+    assert {len(g) for g in got} == {4}
+    real = torch.cat([torch.cat([b.indices[b.valid] for b in g]) for g in got])
+    assert sorted(real.tolist()) == list(range(N))
+
+
+def test_torch_backend_device_crop_equals_worker_crop(prepared):
+    a = collect(make_loader(cfg_for(prepared, "torch", crop_on="worker")), limit=1)[0]
+    b = collect(make_loader(cfg_for(prepared, "torch", crop_on="device")), limit=1)[0]
+    for x, y in zip(a.views, b.views):  # worker path rounds the crop to uint8: <= 0.5/255 before jitter
+        assert (x - y).abs().max() < 0.1
+
+
+# --------------------------------------------------------------------------- statistical equivalence
+def _crop_stats(views):
+    """Recover crop geometry from views of the coordinate image: (area fraction, log aspect, flipped)."""
+    x = torch.cat(views).float()
+    x = (x * torch.tensor(A.IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(A.IMAGENET_MEAN).view(1, 3, 1, 1)) * 255
+    r, g = x[:, 0], x[:, 1]
+    dx = r[:, :, -1].mean(1) - r[:, :, 0].mean(1)
+    dy = g[:, -1, :].mean(1) - g[:, 0, :].mean(1)
+    # a crop of w pixels of W spans (w - w/res) pixel centres of the gradient, roughly
+    wf = dx.abs() / 255 * 79 / 80 * RES / (RES - 1)
+    hf = dy.abs() / 255 * 59 / 60 * RES / (RES - 1)
+    return wf * hf, torch.log((wf * 80) / (hf * 60)), dx < 0
+
+
+def _run_epochs(path, backend, recipe, epochs):
+    ld = make_loader(cfg_for(path, backend, recipe=recipe, num_workers=1))
+    views = []
+    for e in range(epochs):
+        ld.set_epoch(e)
+        for b in ld:
+            views += b.views
+    return views
+
+
+@pytest.fixture(scope="module")
+def ssld_views(coord_data):
+    return {be: _run_epochs(coord_data, be, "ssld", 8) for be in BACKENDS if _have(be)}
+
+
+def test_crop_geometry_recovered_from_torch_params(coord_data):
+    """The coordinate read-out is a faithful estimate of the drawn crop (checked on torch)."""
+    ld = make_loader(cfg_for(coord_data, "torch", recipe="ssld"))
+    b = next(iter(ld))
+    area, logr, flipped = _crop_stats(b.views)
+    c = b.params[0]["crop"]
+    true_area = c[:, 2] * c[:, 3] / (60 * 80)
+    assert (area - true_area).abs().max() < 0.06
+    assert (logr - torch.log(c[:, 3] / c[:, 2])).abs().max() < 0.1
+    assert torch.equal(flipped, b.params[0]["flip"])
+
+
+def test_backends_same_crop_distribution(ssld_views):
+    """256 views per backend of RRC(0.08-1, 3/4-4/3) + flip: area / aspect / flip statistics agree.
+    Tolerances are ~3 standard errors; a wrong scale range (0.2-1 has no area below 0.2,
+    0.08-1 about 13%) or aspect range (std of log-aspect 0.166 vs 0) is far outside them."""
+    ref = _crop_stats(ssld_views["torch"])
+    small_ref = (ref[0] < 0.2).float().mean()
+    assert 0.06 < small_ref < 0.22
+    assert abs(ref[1].std() - 0.166) < 0.04
+    for be, views in ssld_views.items():
+        area, logr, flipped = _crop_stats(views)
+        assert abs(area.mean() - ref[0].mean()) < 0.05, be
+        assert abs((area < 0.2).float().mean() - small_ref) < 0.08, be
+        assert abs(logr.std() - ref[1].std()) < 0.04, be
+        assert abs(logr.mean() - ref[1].mean()) < 0.04, be  # not 0: a 4:3 image rejects tall crops more
+        assert abs(flipped.float().mean() - 0.5) < 0.1, be
+    if "dali" in ssld_views:  # same seed, same boxes: per-view agreement, not only in distribution
+        d = _crop_stats(ssld_views["dali"])
+        assert (d[0] - ref[0]).abs().max() < 0.03 and torch.equal(d[2], ref[2])
+
+
+def test_backends_same_output_statistics_mocov2(coord_data):
+    """Per-channel mean / std of MoCo v2 views of the fixed image agree across backends (0.06
+    in normalised units), while the `linear` recipe (no colour ops) is clearly different."""
+    stats = {}
+    for be in [b for b in BACKENDS if _have(b)]:
+        x = torch.cat(_run_epochs(coord_data, be, "mocov2", 4)).float()
+        stats[be] = torch.cat([x.mean((0, 2, 3)), x.std((0, 2, 3))])
+    lin = torch.cat(_run_epochs(coord_data, "torch", "linear", 4)).float()
+    lin = torch.cat([lin.mean((0, 2, 3)), lin.std((0, 2, 3))])
+    for be, s in stats.items():
+        assert (s - stats["torch"]).abs().max() < 0.06, (be, s, stats["torch"])
+    assert (lin - stats["torch"]).abs().max() > 0.15  # the tolerance would catch a wrong recipe
+
+
+def test_missing_backend_is_one_line_error(prepared, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ffcv", None)  # makes `import ffcv` raise ImportError
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    for be in ("ffcv", "dali"):
+        with pytest.raises(FastdiscoError, match=f"backend '{be}'"):
+            make_loader(cfg_for(prepared, be))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_path_matches_cpu(prepared, backend):
+    if not _have(backend):
+        pytest.skip(f"{backend} not installed")
+    cfg = cfg_for(prepared, backend)
+    g = collect(make_loader(cfg, device="cuda"), limit=1)[0]
+    c = collect(make_loader(cfg, device="cpu"), limit=1)[0]
+    assert g.views[0].is_cuda and torch.equal(g.indices.cpu(), c.indices)
+    if backend != "ffcv":  # nvJPEG / GPU resize differ from libjpeg by a few levels
+        assert (g.views[0].float().cpu() - c.views[0].float()).abs().mean() < 0.05
