@@ -90,6 +90,7 @@ class OptimConfig:
     base_batch: int = 256               # global batch = data.batch_size * world size * grad_accum
     momentum: float = 0.9               # SGD / LARS
     weight_decay: float = 1e-4
+    decay_norm_bias: bool = False       # True = decay norms/biases too (the official MoCo/DisCo code)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     lars_eta: float = 0.001             # LARS trust coefficient
     fused: bool = True                  # fused SGD/AdamW kernels where supported (else foreach)

@@ -18,15 +18,15 @@ import torch.nn as nn
 from fastdisco.errors import FastdiscoError
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights with decay; norms and biases (ndim <= 1) without (and without LARS
-    adaptation)."""
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_bias: bool = False) -> list[dict]:
+    """Two groups: weights with decay; norms and biases (ndim <= 1) without (unless
+    `decay_norm_bias`, as the official MoCo/DisCo code does) and without LARS adaptation."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay, "lars": True},
-            {"params": no_decay, "weight_decay": 0.0, "lars": False}]
+            {"params": no_decay, "weight_decay": weight_decay if decay_norm_bias else 0.0, "lars": False}]
 
 
 def scaled_lr(optim_cfg, global_batch: int) -> float:
@@ -39,7 +39,7 @@ def _fused_ok(device: torch.device) -> bool:
 
 
 def build_optimizer(optim_cfg, model: nn.Module, device: torch.device, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, optim_cfg.weight_decay)
+    groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.decay_norm_bias)
     fused = optim_cfg.fused and _fused_ok(device)
     kw = {"fused": True} if fused else {"foreach": True}
     if optim_cfg.name == "sgd":

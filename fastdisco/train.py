@@ -126,9 +126,10 @@ def _train(cfg, dist, loader, teacher) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         rngs = state["rng"]
         set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
-        step, epoch, last_ckpt = state["step"], state["epoch"], str(ckpt.last)
+        step, last_ckpt = state["step"], str(ckpt.last)
+        loader.load_state_dict(state["loader"])  # then set_epoch(saved epoch): resumes mid-epoch
+        epoch = loader.state_dict()["epoch"]
         loader.set_epoch(epoch)
-        loader.load_state_dict(state["loader"])
         if main:
             print(f"fastdisco train: resuming {run} at step {step}/{total}")
     else:
@@ -189,8 +190,8 @@ def _train(cfg, dist, loader, teacher) -> dict:
             for micro in range(accum):
                 try:
                     batch = next(it)
-                except StopIteration:  # epoch boundary: reshuffle deterministically
-                    epoch += 1
+                except StopIteration:  # epoch boundary (the loader may already have moved on)
+                    epoch = max(epoch + 1, loader.state_dict()["epoch"])
                     loader.set_epoch(epoch)
                     it = iter(loader)
                     batch = next(it)
