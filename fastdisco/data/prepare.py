@@ -98,9 +98,10 @@ def _convert_one(i: int) -> tuple[int, images.Encoded | str]:
         return i, str(e)
 
 
-def _results(source: Source, settings: Settings, todo: list[int], workers: int) -> Iterator[tuple[int, Any]]:
-    """Converted inputs in `todo` order; parallel when it pays."""
-    workers = min(workers, max(1, len(todo) // 32))  # a pool costs more than tiny inputs
+def _results(source: Source, settings: Settings, todo: list[int], workers: int,
+             min_per_worker: int) -> Iterator[tuple[int, Any]]:
+    """Converted inputs in `todo` order; parallel when it pays (a pool costs ~0.1 s)."""
+    workers = min(workers, max(1, len(todo) // max(1, min_per_worker)))
     if workers <= 1:
         _init_worker(source, settings)
         yield from map(_convert_one, todo)
@@ -196,7 +197,7 @@ def _write_shard(lay: Layout, k: int, first: int, results: list[tuple[int, Any]]
 
 
 def _convert(lay: Layout, source: Source, settings: Settings, chunk_ids: range, workers: int,
-             progress: bool, on_shard: Callable[[int], None] | None) -> None:
+             progress: bool, on_shard: Callable[[int], None] | None, min_per_worker: int) -> None:
     S, N = settings.shard_size, len(source)
     done = {k: rec for k in chunk_ids if (rec := _shard_done(lay, k)) is not None}
     pending = [k for k in chunk_ids if k not in done]
@@ -207,7 +208,7 @@ def _convert(lay: Layout, source: Source, settings: Settings, chunk_ids: range, 
 
     bar = tqdm(total=total, initial=total - len(todo), unit="img", disable=not progress,
                desc="prepare", dynamic_ncols=True, smoothing=0.1)
-    stream = _results(source, settings, todo, workers)
+    stream = _results(source, settings, todo, workers, min_per_worker)
     try:
         for k in pending:
             n_k = min((k + 1) * S, N) - k * S
@@ -335,12 +336,13 @@ def prepare_dataset(src: str | os.PathLike | Source | None, out: str | os.PathLi
                     workers: int | None = None, shard_size: int = 1000, part: str | tuple[int, int] | None = None,
                     merge: bool = False, dataset: str | None = None, dataset_options: dict | None = None,
                     limit: int | None = None, progress: bool = False, ffcv_workers: int | None = None,
-                    on_shard: Callable[[int], None] | None = None) -> dict:
+                    on_shard: Callable[[int], None] | None = None, min_per_worker: int = 32) -> dict:
     """Convert `src` into OUT (docs/design.md section 1) and return manifest.json's content.
 
     With `part=(i, n)` only part i's shards are converted and the part manifest is returned;
     `merge=True` (after all parts) renumbers, writes the .beton and manifest.json. A re-run
     resumes: completed shards are kept. `on_shard(k)` is called after shard k is on disk.
+    Fewer than `min_per_worker` inputs per worker use fewer workers (1 = in this process).
     """
     settings = Settings(max_side=int(max_side), quality=int(quality), shard_size=int(shard_size),
                         formats=parse_formats(formats))
@@ -376,7 +378,7 @@ def prepare_dataset(src: str | os.PathLike | Source | None, out: str | os.PathLi
         i, n = part or (0, 1)
         chunk_ids = range(i * num_chunks // n, (i + 1) * num_chunks // n)
         t0 = time.time()
-        _convert(lay, source, settings, chunk_ids, workers, progress, on_shard)
+        _convert(lay, source, settings, chunk_ids, workers, progress, on_shard, min_per_worker)
         if part is not None:
             recs = [_shard_done(lay, k) for k in chunk_ids]
             pm = {"part": i, "num_parts": n, "shards": [chunk_ids.start, chunk_ids.stop],
