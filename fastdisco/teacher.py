@@ -32,11 +32,7 @@ from torch import nn
 from fastdisco.checkpoint_formats import Converted, convert, fmt_keys, read_checkpoint
 from fastdisco.errors import FastdiscoError
 
-try:  # the loader's normalisation (owned by the data part)
-    from fastdisco.data.augment import IMAGENET_MEAN, IMAGENET_STD  # type: ignore[attr-defined]
-except ImportError:  # TODO: drop once fastdisco.data.augment is in: same constants
-    IMAGENET_MEAN = (0.485, 0.456, 0.406)
-    IMAGENET_STD = (0.229, 0.224, 0.225)
+from fastdisco.data.augment import IMAGENET_MEAN, IMAGENET_STD  # the loader's normalisation
 
 log = logging.getLogger("fastdisco.teacher")
 

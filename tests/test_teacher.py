@@ -288,3 +288,40 @@ def test_malicious_pickle_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FastdiscoError, match="not found"):
         load_teacher(_cfg(tmp_path / "nope.pth"))
+
+
+# --------------------------------------------------------------------------- fastdisco's own runs
+@pytest.mark.parametrize("method,output", [("disco", "embedding"), ("ssld", "logits")])
+def test_engine_checkpoint_as_teacher(tmp_path, method, output):
+    """A checkpoint written by the engine's own CheckpointManager from its own Student: how a
+    teacher pre-trained with `fastdisco train --method mocov2` is used for DisCo."""
+    models = pytest.importorskip("fastdisco.models")
+    from fastdisco.checkpoint import FORMAT, CheckpointManager
+
+    torch.manual_seed(0)
+    student = models.Student(ARCH, head_hidden=64, head_dim=16, num_classes=5 if method == "ssld" else 0)
+    with torch.no_grad():
+        _randomise_bn(student)
+    student.eval()
+    path = CheckpointManager(tmp_path / "run").save(
+        {"format": FORMAT, "step": 3, "epoch": 0, "config": {"model": {"student": ARCH}},
+         "student_name": ARCH, "student": student.state_dict(), "queue": torch.randn(16, 8),
+         "optimizer": {"state": {}, "param_groups": []}}, step=3)
+    t = load_teacher(_cfg(path, teacher=""), output=output)  # the name comes from the file
+    assert t.format == "fastdisco" and t.name == ARCH
+    with torch.no_grad():
+        assert torch.equal(t(X), student(X))
+
+
+@pytest.mark.gpu
+def test_compiled_teacher_on_cuda(tmp_path):
+    src = Source("bn").cuda()
+    torch.save(_swav(src.cpu()), tmp_path / "s.pth")
+    t = load_teacher(_cfg(tmp_path / "s.pth", teacher_bn="train"), device="cuda", channels_last=True)
+    x = torch.randn(8, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = t(x)
+        t.compile()
+        compiled = t(x)
+    torch.testing.assert_close(compiled.float(), eager.float(), rtol=2e-2, atol=2e-2)
+    assert not compiled.requires_grad
