@@ -255,9 +255,9 @@ def _finalize(lay: Layout, source_desc: dict, plan: dict, settings: Settings, nu
     skipped += [s for rec in records for s in rec["skipped"]]
     from fastdisco.io_utils import atomic_write
 
-    with atomic_write(lay.skipped, "w") as f:
-        for p, reason in skipped:
-            f.write(f"{_tsv(p)}\t{_tsv(reason)}\n")
+    with atomic_write(lay.skipped, "wb") as f:
+        for p, reason in skipped:  # undecodable file names go back to their original bytes
+            f.write(f"{_tsv(p)}\t{_tsv(reason)}\n".encode("utf-8", "surrogateescape"))
     if num_samples == 0:
         raise FastdiscoError(f"no input could be converted ({len(skipped)} skipped, reasons in {lay.skipped})")
 
