@@ -15,7 +15,7 @@ _API = {
     "knn_eval": "knn",
     "linear_probe_fast": "linear", "linear_probe_protocol": "linear", "topk_accuracy": "linear",
     "balanced_subset": "semi", "read_subset_file": "semi", "semi_eval": "semi",
-    "ssld_eval": "ssld_eval",
+    "ssld_eval": "ssld",
 }
 __all__ = sorted(_API)
 

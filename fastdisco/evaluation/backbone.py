@@ -68,7 +68,9 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def backbone_state_dict(student_state: dict) -> dict:
     """`Student.state_dict()` -> the timm backbone's own keys ("backbone." stripped; head dropped)."""
-    sd = {k[len("backbone."):]: v for k, v in student_state.items() if k.startswith("backbone.")}
+    # Tolerate wrappers' prefixes (DDP "module.", torch.compile "_orig_mod.").
+    plain = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in student_state.items()}
+    sd = {k[len("backbone."):]: v for k, v in plain.items() if k.startswith("backbone.")}
     if not sd:
         raise FastdiscoError("the checkpoint's student state has no 'backbone.*' keys")
     return sd
@@ -219,39 +221,23 @@ def _load_plain(p: Path, model: str | None, fmt: str) -> LoadedBackbone:
 
 
 def _load_teacher(source, model: str | None, teacher_format: str) -> LoadedBackbone:
-    """A teacher evaluated the same way gives the reference row. BN is put in eval mode here
-    whatever the training setting (evaluation must not use batch statistics)."""
+    """A teacher evaluated like a student gives the reference row: its pooled backbone features
+    (projection head removed), after its own input normalisation, BN with running statistics."""
     try:
         from fastdisco.teacher import load_teacher
     except ImportError as e:
         raise FastdiscoError(f"--format teacher needs fastdisco.teacher, which is not importable ({e})") from None
     from fastdisco.config import ModelConfig
 
-    if not model:
-        raise FastdiscoError("--format teacher needs --model NAME (the teacher's timm name)")
     p = Path(source)
     if not p.is_file():
         raise FastdiscoError(f"teacher checkpoint not found: {p}")
-    cfg = ModelConfig(teacher=model, teacher_ckpt=str(p), teacher_format=teacher_format, teacher_bn="eval")
+    # teacher_proj_hidden=0: accept whatever head the file has; it is dropped below anyway.
+    cfg = ModelConfig(teacher=model or "", teacher_ckpt=str(p), teacher_format=teacher_format, teacher_bn="eval",
+                      teacher_proj_hidden=0)
     teacher = load_teacher(cfg, output="embedding")
-    _frozen(teacher)
-    # Prefer the teacher's pooled backbone features (what a linear probe of the teacher means);
-    # fall back to its final embedding when the wrapper exposes no backbone.
-    feats = getattr(teacher, "features", None)
-    module, what = (teacher, "embedding")
-    if callable(feats):
-        module, what = (TeacherFeatures(teacher), "backbone features")
-    return LoadedBackbone(module, model, 0, str(p), "teacher", None, {"teacher_output": what})
-
-
-class TeacherFeatures(torch.nn.Module):
-    """forward(x) = teacher.features(x): the teacher's pooled backbone features."""
-
-    num_classes = 0
-
-    def __init__(self, teacher):
-        super().__init__()
-        self.teacher = teacher
-
-    def forward(self, x):
-        return self.teacher.features(x)
+    teacher.head = torch.nn.Identity()  # Teacher(x) = head(backbone(renormalised x))
+    teacher.num_classes = 0
+    return LoadedBackbone(teacher, getattr(teacher, "name", "") or model or "", 0, str(p), "teacher", None,
+                          {"teacher_format": getattr(teacher, "format", teacher_format),
+                           "features": "teacher backbone, pooled (projection head removed)"})

@@ -291,7 +291,7 @@ def _linear(args, lb, device, dtype, progress) -> dict:
 
 
 def _ssld(args, lb, device, dtype, progress) -> dict:
-    from fastdisco.evaluation.ssld_eval import ssld_eval
+    from fastdisco.evaluation.ssld import ssld_eval
 
     if lb.num_classes == 0:
         raise FastdiscoError(f"{lb.source}: the student has no classifier (num_classes=0): ssld evaluates SSLD "

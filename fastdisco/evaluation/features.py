@@ -19,13 +19,14 @@ def feature_fn(backbone: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: backbone.forward_head(backbone.forward_features(x), pre_logits=True)
 
 
-def unpack_batch(batch, view: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(images, labels, indices) from a loader Batch (docs/design.md section 2) or an
+def unpack_batch(batch, view: int = 0):
+    """(images, labels, indices | None, valid | None) from a loader Batch (docs/design.md
+    section 2; `valid` is False on the wrap-around padding of the last batch) or from an
     (images, labels[, indices]) tuple, as plain DataLoaders give."""
     if hasattr(batch, "views"):
-        return batch.views[view], batch.labels, getattr(batch, "indices", None)
+        return batch.views[view], batch.labels, getattr(batch, "indices", None), getattr(batch, "valid", None)
     x, y, *rest = batch
-    return x, y, (rest[0] if rest else None)
+    return x, y, (rest[0] if rest else None), None
 
 
 def prepare_input(x: torch.Tensor, device: torch.device, amp_dtype: torch.dtype | None):
@@ -51,6 +52,7 @@ def extract_features(backbone: nn.Module, loader: Iterable, *, device: torch.dev
 
     Returns (feats [N, d] float32, labels [N] int64) on `device` -- plus indices [N] int64 (the
     manifest sample index; running position when the loader gives none) if `return_indices`.
+    Rows a loader marks as padding (`Batch.valid` False) are left out.
     amp_dtype: autocast dtype (bf16 on GPU); None = the dtype the images come in.
     fn: feature function (default `feature_fn(backbone)`; e.g. the model itself for logits).
     """
@@ -59,11 +61,11 @@ def extract_features(backbone: nn.Module, loader: Iterable, *, device: torch.dev
     device = torch.device(device)
     backbone.eval()
     fn = fn or feature_fn(backbone)
-    feats, labels, indices = [], [], []
+    feats, labels, indices, valids = [], [], [], []
     seen = 0
     bar = _bar(loader, progress, desc)
     for batch in bar:
-        x, y, idx = unpack_batch(batch, view)
+        x, y, idx, valid = unpack_batch(batch, view)
         x, dtype = prepare_input(x, device, amp_dtype)
         with _autocast(device, dtype):
             f = fn(x)
@@ -73,11 +75,16 @@ def extract_features(backbone: nn.Module, loader: Iterable, *, device: torch.dev
         if idx is None:
             idx = torch.arange(seen, seen + n, device=device)
         indices.append(idx.to(device, non_blocking=True).long())
+        if valid is None:
+            valid = torch.ones(n, dtype=torch.bool, device=device)
+        valids.append(valid.to(device, non_blocking=True).bool())
         seen += n
     if not feats:
         raise ValueError("the loader yielded no batches")
-    out = (torch.cat(feats), torch.cat(labels))
-    return (*out, torch.cat(indices)) if return_indices else out
+    # Padding rows are dropped once, here: a boolean mask per batch would sync every batch.
+    keep = torch.cat(valids)
+    out = (torch.cat(feats)[keep], torch.cat(labels)[keep])
+    return (*out, torch.cat(indices)[keep]) if return_indices else out
 
 
 def _bar(it, progress: bool, desc: str):

@@ -188,16 +188,19 @@ def linear_probe_protocol(backbone: nn.Module, train_loader: Iterable, val_loade
         loss_sum = torch.zeros((), device=device)
         batches = 0
         for batch in train_loader:
-            x, y, _ = unpack_batch(batch)
+            x, y, _, valid = unpack_batch(batch)
             x, dtype = prepare_input(x, device, amp_dtype)
             y = y.to(device, non_blocking=True).long()
             with torch.no_grad(), _autocast(device, dtype):
                 f = fn(x).float()
+            # Padding rows (valid False) and unlabelled rows get zero weight; no host sync.
+            w = (y >= 0).float() if valid is None else ((y >= 0) & valid.to(device)).float()
             if layer is None:  # the feature width is known only now
                 layer = new_linear(f.shape[1], num_classes, device=device)
                 opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
                 sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
-            loss = F.cross_entropy(layer(f), y)
+            per_sample = F.cross_entropy(layer(f), y.clamp_min(0), reduction="none")
+            loss = (per_sample * w).sum() / w.sum().clamp_min(1.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -32,24 +32,25 @@ def ssld_eval(student: nn.Module, loader: Iterable, *, teacher: nn.Module | None
     correct = torch.zeros(2, dtype=torch.long, device=device)
     labelled = torch.zeros((), dtype=torch.long, device=device)
     agree = torch.zeros((), dtype=torch.long, device=device)
-    total = 0
+    total = torch.zeros((), dtype=torch.long, device=device)
     for batch in _bar(loader, progress, "ssld eval"):
-        x, y, _ = unpack_batch(batch)
+        x, y, _, valid = unpack_batch(batch)
         x, dtype = prepare_input(x, device, amp_dtype)
         y = y.to(device, non_blocking=True).long()
+        valid = torch.ones_like(y, dtype=torch.bool) if valid is None else valid.to(device).bool()
         with _autocast(device, dtype):
             s = student(x).float()
             t = teacher(x).float() if teacher is not None else None
-        has = y >= 0
+        has = (y >= 0) & valid
         # Masked rows get label -2, which no top-k index equals, so they never count as hits.
         correct += topk_correct(s, torch.where(has, y, torch.full_like(y, -2)))
         labelled += has.sum()
         if t is not None:
             if t.shape[1] != s.shape[1]:
                 raise ValueError(f"teacher gives {t.shape[1]} classes, student {s.shape[1]}")
-            agree += (s.argmax(1) == t.argmax(1)).sum()
-        total += x.shape[0]
-    n_lab = int(labelled)
+            agree += ((s.argmax(1) == t.argmax(1)) & valid).sum()
+        total += valid.sum()
+    n_lab, total = int(labelled), int(total)
     c = correct.tolist()
     return {
         "top1": 100.0 * c[0] / n_lab if n_lab else None,
