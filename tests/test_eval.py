@@ -138,6 +138,11 @@ def test_semi_eval_fractions_and_given_subsets():
     assert res["10%"]["top1"] >= 97.0
     res = semi_eval(xt, yt, xv, yv, subsets={"mine": torch.arange(50)}, epochs=5)
     assert res["mine"]["num_labelled"] == 50
+    # Two rows per sample (an augmented pass): fractions are drawn over samples, all rows kept.
+    idx = torch.arange(1000).repeat(2)
+    res = semi_eval(torch.cat([xt, xt]), yt.repeat(2), xv, yv, fractions=(0.1,), train_indices=idx, epochs=2)
+    n = sum(max(1, round(0.1 * int(n))) for n in torch.bincount(yt))
+    assert res["10%"]["num_labelled"] == n and res["10%"]["settings"]["num_train"] == 2 * n
 
 
 # --------------------------------------------------------------------------- features and protocol
@@ -331,3 +336,28 @@ def test_cli_errors_are_one_line(tmp_path, run_dir, capsys):
         assert cli_main(["eval", *argv, "--device", "cpu"]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_cli_semi_and_ssld_end_to_end(prepared, tmp_path):
+    from test_export import make_run
+
+    run, _ = make_run(tmp_path, name="test_resnet", num_classes=3, method="ssld")
+    subset = tmp_path / "pick.txt"
+    subset.write_text("0\n1\n8\n9\n16\n17\n")
+    out = tmp_path / "semi.json"
+    assert cli_main(["eval", "semi", str(run), "--train", str(prepared), "--val", str(prepared), "--epochs", "2",
+                     "--subset-file", str(subset), "--out", str(out), *COMMON]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["subsets"]["pick"]["num_labelled"] == 6
+    assert cli_main(["eval", "semi", str(run), "--train", str(prepared), "--holdout", "0.25", "--epochs", "2",
+                     "--fractions", "0.5", "--aug-passes", "1", "--out", str(out), *COMMON]) == 0
+    rec = json.loads(out.read_text())
+    # Half of the 18 non-held-out samples (3 per class), drawn over samples, not over the 36 rows
+    # that the augmented pass doubles.
+    assert rec["subsets"]["50%"]["num_labelled"] == 9 and rec["subsets"]["50%"]["settings"]["num_train"] == 18
+    # SSLD: the student against itself as teacher (a fastdisco checkpoint) agrees on every sample.
+    assert cli_main(["eval", "ssld", str(run), "--val", str(prepared), "--teacher", "test_resnet",
+                     "--teacher-ckpt", str(run / "checkpoints" / "last.pt"), *COMMON]) == 0
+    rec = json.loads((run / "eval" / "ssld.json").read_text())
+    assert rec["agreement_top1"] == 100.0 and rec["num_samples"] == 24 and rec["num_labelled"] == 24
+    assert 0.0 <= rec["top1"] <= 100.0

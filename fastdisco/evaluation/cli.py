@@ -254,10 +254,9 @@ def _semi(args, xt, yt, it, xv, yv, C, progress) -> dict:
 
     subsets = None
     if args.subset_file:
-        if args.aug_passes:
-            raise FastdiscoError("--subset-file with --aug-passes is not supported (indices repeat)")
         subsets = {Path(f).stem: positions_of(it, read_subset_file(f)) for f in args.subset_file}
-    res = semi_eval(xt, yt, xv, yv, fractions=args.fractions, seed=args.seed, subsets=subsets, num_classes=C,
+    res = semi_eval(xt, yt, xv, yv, fractions=args.fractions, seed=args.seed, subsets=subsets, train_indices=it,
+                    num_classes=C,
                     progress=progress, **_probe_kwargs(args))
     return {"subsets": res}
 

@@ -66,19 +66,33 @@ def positions_of(indices: torch.Tensor, wanted: Sequence[int]) -> torch.Tensor:
 
 def semi_eval(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor,
               val_labels: torch.Tensor, *, fractions: Sequence[float] = (0.01, 0.1), seed: int = 0,
-              subsets: dict[str, torch.Tensor] | None = None, num_classes: int | None = None,
-              **probe_kwargs) -> dict:
+              subsets: dict[str, torch.Tensor] | None = None, train_indices: torch.Tensor | None = None,
+              num_classes: int | None = None, **probe_kwargs) -> dict:
     """{"1%": {...linear_probe_fast result...}, "10%": {...}}: the fast probe on each subset.
-    `subsets` (name -> positions) replaces the seeded fractions when given."""
+
+    `subsets` (name -> row positions) replaces the seeded fractions when given. `train_indices`
+    (the sample index of each row) matters when a sample has several rows (augmented passes):
+    fractions are then drawn over samples, and every row of a chosen sample is used.
+    """
     if num_classes is None:
         num_classes = int(torch.maximum(train_labels.max(), val_labels.max().to(train_labels.device))) + 1
     if subsets is None:
-        subsets = {f"{100 * f:g}%": balanced_subset(train_labels, f, seed=seed) for f in fractions}
+        subsets = {f"{100 * f:g}%": _draw(train_labels, train_indices, f, seed) for f in fractions}
     out = {}
     for name, pos in subsets.items():
         pos = pos.to(train_feats.device)
         res = linear_probe_fast(train_feats[pos], train_labels[pos], val_feats, val_labels,
                                 num_classes=num_classes, seed=seed, **probe_kwargs)
-        res["num_labelled"] = int(pos.numel())
+        res["num_labelled"] = int(pos.numel() if train_indices is None else train_indices[pos].unique().numel())
         out[name] = res
     return out
+
+
+def _draw(labels: torch.Tensor, indices: torch.Tensor | None, fraction: float, seed: int) -> torch.Tensor:
+    if indices is None:
+        return balanced_subset(labels, fraction, seed=seed)
+    uniq, inverse = torch.unique(indices, return_inverse=True)
+    first = torch.full((uniq.numel(),), labels.numel(), dtype=torch.long, device=labels.device)
+    first.scatter_reduce_(0, inverse, torch.arange(labels.numel(), device=labels.device), reduce="amin")
+    chosen = uniq[balanced_subset(labels[first], fraction, seed=seed).to(uniq.device)]
+    return torch.nonzero(torch.isin(indices, chosen)).flatten()
