@@ -218,7 +218,7 @@ def _train(cfg, dist, loader, teacher) -> dict:
             optimizer.zero_grad(set_to_none=True)
             method.after_optimizer_step()
             n_bad += found_inf
-            first_bad = torch.where((first_bad < 0) & (found_inf > 0), step, first_bad)
+            first_bad = torch.where((first_bad < 0) & (found_inf > 0), step + 1, first_bad)  # 1-based, as logged
             sums["loss"] = sums.get("loss", 0.0) + loss_step
             step += 1
 

@@ -93,7 +93,7 @@ class TinyTeacher(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x.float())), 1).flatten(1))
 
 
-def tiny_cfg(tmp_path, method="mocov2", **sections):
+def tiny_cfg(tmp_path, method_name="mocov2", **sections):
     """A Config for tiny CPU runs; `sections` = {"train": {...}, ...} overrides."""
     from fastdisco.config import Config, apply_overrides
 
@@ -102,7 +102,7 @@ def tiny_cfg(tmp_path, method="mocov2", **sections):
         "data": {"batch_size": 8, "resolution": 32},
         "model": {"student": "test_resnet", "proj_hidden": 64, "proj_dim": 128, "shuffle_bn_group": 4,
                   "num_classes": 10},
-        "method": {"name": method, "queue_size": 64, "momentum": 0.99, "loss_impl": "torch"},
+        "method": {"name": method_name, "queue_size": 64, "momentum": 0.99, "loss_impl": "torch"},
         "optim": {"lr": 0.3, "base_batch": 8, "weight_decay": 1e-4},
         "train": {"out_dir": str(tmp_path / "run"), "max_steps": 8, "precision": "fp32", "compile": False,
                   "device": "cpu", "log_every": 2, "ckpt_every": 4, "progress": False, "tensorboard": False,
