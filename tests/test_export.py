@@ -10,43 +10,33 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from torch import nn
 
 from fastdisco.cli import main as cli_main
 from fastdisco.config import Config, to_dict
 from fastdisco.export import export_backbone, export_onnx, timm_load
 from fastdisco.io_utils import atomic_torch_save
+from fastdisco.models import build_student, make_key_encoder
 
 NAME = "test_resnet"  # tiny timm test model with BatchNorm (running stats must survive the export)
 
 
-class Student(nn.Module):
-    """docs/design.md section 3: timm backbone + MLP head (keys head.0.*, head.2.*)."""
-
-    def __init__(self, name: str, num_classes: int = 0, hidden: int = 32, dim: int = 16):
-        super().__init__()
-        self.backbone = timm.create_model(name, num_classes=num_classes)
-        d = self.backbone.num_features
-        self.head = nn.Identity() if num_classes else nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, dim))
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-
 def make_run(tmp_path, name: str = NAME, num_classes: int = 0, method: str = "disco", seed: int = 0):
     """A run directory with a checkpoint in the section-4 format; returns (run, student)."""
+    assert (num_classes > 0) == (method == "ssld"), "ssld students keep a classifier, the others have none"
     torch.manual_seed(seed)
-    student = Student(name, num_classes)
+    cfg = Config()
+    cfg.method.name = method
+    cfg.model.student = name
+    cfg.model.proj_hidden, cfg.model.proj_dim, cfg.model.num_classes = 32, 16, max(num_classes, 1)
+    cfg.data.resolution = 32
+    # The engine's own Student (docs/design.md section 3), grouped shuffle-BN included.
+    student = build_student(cfg.model, method)
     # Make BN running statistics non-trivial, so a lost buffer would change the outputs.
     student.train()
     with torch.no_grad():
         student(torch.randn(4, 3, 32, 32))
     student.eval()
-    key_encoder = Student(name, num_classes)
-    cfg = Config()
-    cfg.method.name = method
-    cfg.model.student = name
-    cfg.data.resolution = 32
+    key_encoder = make_key_encoder(student)
     ckpt = {
         "format": "fastdisco-ckpt-v1", "step": 7, "epoch": 1, "config": to_dict(cfg),
         "student_name": name, "student": student.state_dict(),
