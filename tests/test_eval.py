@@ -296,6 +296,14 @@ def test_cli_knn_and_linear_end_to_end(prepared, run_dir, capsys):
     assert rec["top1"] == 100.0 and rec["settings"]["num_train"] == 24 and rec["settings"]["num_val"] == 24
     assert rec["model"]["name"] == "test_resnet" and rec["model"]["step"] == 7
     assert "command" in rec and "provenance" in rec and rec["data"]["backend"] == "torch"
+    # The exported backbone (safetensors + sidecar: model name from the JSON) evaluates the same way.
+    from fastdisco.export import export_backbone
+
+    export_backbone(run_dir, run_dir / "export" / "s.safetensors")
+    assert cli_main(["eval", "knn", str(run_dir / "export" / "s.safetensors"), "--train", str(prepared),
+                     "--val", str(prepared), "--k", "1", *COMMON]) == 0
+    rec2 = json.loads((run_dir / "export" / "eval" / "s_knn.json").read_text())
+    assert rec2["model"]["kind"] == "safetensors" and rec2["top1"] == 100.0
     out = run_dir / "lin.json"
     assert cli_main(["eval", "linear", str(run_dir / "checkpoints" / "last.pt"), "--train", str(prepared),
                      "--holdout", "0.25", "--epochs", "3", "--out", str(out), *COMMON]) == 0
