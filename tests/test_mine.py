@@ -153,7 +153,7 @@ def test_phash_near_copies_close_others_far():
     assert d.min() > 8
 
 
-@pytest.mark.parametrize("max_dist", [0, 3, 6, 13])
+@pytest.mark.parametrize("max_dist", [0, 1, 3, 6, 10, 13])
 def test_near_duplicates_matches_brute_force(max_dist):
     rng = np.random.default_rng(max_dist)
     ref = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
