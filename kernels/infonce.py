@@ -45,6 +45,10 @@ BLOCK_K = 64
 # D fits in one chunk (ONE_D) the q tile is loaded once per program and reused for every K tile.
 MAX_BLOCK_D = 128
 NUM_WARPS = 4
+# fp32 tiles take twice the shared memory per pipeline stage (up to 131 KB at 3 stages, compiled
+# for sm_90 by aot_check.py): 2 stages keep fp32 at <= 80 KB, inside ~100 KB GPUs; 16-bit inputs
+# use 3 (33-50 KB).
+NUM_STAGES = {torch.float32: 2}
 
 
 @triton.jit
@@ -120,15 +124,16 @@ def _dq_kernel(Q, B, LSE2, G, DQP, N, K, D, sq_n, sq_d, sb_k, sb_d, scale_log2, 
         else:
             s = _scores(Q, B, rows, cols_k, N, K, D, sq_n, sq_d, sb_k, sb_d, BLOCK_N, BLOCK_K, BLOCK_D, PREC)
         # columns past K get p = 2^(0 - lse) != 0 but meet b rows loaded as 0, so they add nothing
-        # to p @ b; rows past N have g = 0
-        p = tl.exp2(s * scale_log2 - lse2[:, None]) * g[:, None]
+        # to p @ b. g_i is constant along the loop: applied once at the end, so p (<= 1) is rounded
+        # to fp16 unscaled (p * g with g ~ 1/N would underflow fp16)
+        p = tl.exp2(s * scale_log2 - lse2[:, None])
         acc = tl.dot(p.to(b.dtype), b, acc, input_precision=PREC)
     out = DQP + pid_s.to(tl.int64) * N * D + rows[:, None].to(tl.int64) * D + cols_o[None, :]
-    tl.store(out, acc * scale, mask=(rows[:, None] < N) & (cols_o[None, :] < D))
+    tl.store(out, acc * (g * scale)[:, None], mask=(rows[:, None] < N) & (cols_o[None, :] < D))
 
 
 @triton.jit
-def _db_kernel(Q, B, LSE2, G, DBP, N, K, D, sq_n, sq_d, sb_k, sb_d, scale_log2, scale, tiles_per_split,
+def _db_kernel(Q, B, LSE2, G, GMAX, DBP, N, K, D, sq_n, sq_d, sb_k, sb_d, scale_log2, scale, tiles_per_split,
                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
                ONE_D: tl.constexpr, PREC: tl.constexpr):
     """DBP[s, j, dchunk] = scale * sum_{i in split s} g_i p_ij q_i[dchunk] (loop over rows of q)."""
@@ -138,6 +143,9 @@ def _db_kernel(Q, B, LSE2, G, DBP, N, K, D, sq_n, sq_d, sb_k, sb_d, scale_log2, 
     cols_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     cols_o = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
     acc = tl.zeros([BLOCK_K, BLOCK_DO], dtype=tl.float32)
+    # g varies along this loop, so it multiplies p inside; divided by max|g| first so that p * g
+    # stays in fp16 range (g ~ 1/N), and the max multiplied back at the end
+    gmax = tl.load(GMAX)
     if ONE_D:
         b = _load_tile(B, cols_k, cols_o, K, D, sb_k, sb_d)
     n0 = pid_s * tiles_per_split * BLOCK_N
@@ -149,16 +157,16 @@ def _db_kernel(Q, B, LSE2, G, DBP, N, K, D, sq_n, sq_d, sb_k, sb_d, scale_log2, 
         else:
             s = _scores(Q, B, rows, cols_k, N, K, D, sq_n, sq_d, sb_k, sb_d, BLOCK_N, BLOCK_K, BLOCK_D, PREC)
         lse2 = tl.load(LSE2 + rows, mask=rows < N, other=0.0)
-        g = tl.load(G + rows, mask=rows < N, other=0.0)  # rows past N: q = 0, s = 0, g = 0 -> p = 0
+        g = tl.load(G + rows, mask=rows < N, other=0.0) / gmax  # rows past N: s = 0, g = 0 -> p = 0
         p = tl.exp2(s * scale_log2 - lse2[:, None]) * g[:, None]
         acc = tl.dot(tl.trans(p.to(q.dtype)), q, acc, input_precision=PREC)
     out = DBP + pid_s.to(tl.int64) * K * D + cols_k[:, None].to(tl.int64) * D + cols_o[None, :]
-    tl.store(out, acc * scale, mask=(cols_k[:, None] < K) & (cols_o[None, :] < D))
+    tl.store(out, acc * (scale * gmax), mask=(cols_k[:, None] < K) & (cols_o[None, :] < D))
 
 
 def _blocks(D: int) -> tuple[int, int, bool]:
     """(BLOCK_D for the score reduction, BLOCK_DO for the gradient output chunk, ONE_D)."""
-    block_d = min(triton.next_power_of_2(D), MAX_BLOCK_D)
+    block_d = max(16, min(triton.next_power_of_2(D), MAX_BLOCK_D))  # tl.dot needs dims >= 16
     return block_d, block_d, block_d >= D
 
 
@@ -173,7 +181,7 @@ def _lse_forward(q: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor
     _lse_fwd_kernel[(n_blocks, splits)](
         q, b, part, N, K, D, q.stride(0), q.stride(1), b.stride(0), b.stride(1), scale * LOG2E, per,
         BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, BLOCK_D=block_d, ONE_D=one_d, PREC=dot_precision(q.dtype),
-        num_warps=NUM_WARPS)
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES.get(q.dtype, 3))
     return torch.logsumexp(part * LN2, dim=0)  # base-2 partials -> natural log, combined
 
 
@@ -185,7 +193,7 @@ def _lse_backward(q, b, lse, g, scale, need_q: bool, need_b: bool):
     g = g.float().contiguous()
     args = (N, K, D, q.stride(0), q.stride(1), b.stride(0), b.stride(1), scale * LOG2E, scale)
     meta = dict(BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, BLOCK_D=block_d, BLOCK_DO=block_do, ONE_D=one_d,
-                PREC=dot_precision(q.dtype), num_warps=NUM_WARPS)
+                PREC=dot_precision(q.dtype), num_warps=NUM_WARPS, num_stages=NUM_STAGES.get(q.dtype, 3))
     n_dblocks = triton.cdiv(D, block_do)
     dq = db = None
     if need_q:
@@ -198,7 +206,8 @@ def _lse_backward(q, b, lse, g, scale, need_q: bool, need_b: bool):
         n_blocks = triton.cdiv(K, BLOCK_K)
         splits, per = split(triton.cdiv(N, BLOCK_N), n_blocks * n_dblocks, q.device)
         dbp = torch.empty(splits, K, D, device=q.device, dtype=torch.float32)
-        _db_kernel[(n_blocks, n_dblocks, splits)](q, b, lse2, g, dbp, *args, per, **meta)
+        gmax = g.abs().amax().clamp_min(1e-30).reshape(1)  # stays on the device: no host sync
+        _db_kernel[(n_blocks, n_dblocks, splits)](q, b, lse2, g, gmax, dbp, *args, per, **meta)
         db = dbp.sum(0) if splits > 1 else dbp[0]
     return dq, db
 
