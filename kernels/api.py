@@ -4,7 +4,11 @@ impl="auto" takes the kernel on CUDA tensors and the reference otherwise; impl="
 CPU tensors when TRITON_INTERPRET=1 was set before the first import (tests do this)."""
 from __future__ import annotations
 
+import importlib.util
+
 import torch
+
+from fastdisco.errors import require
 
 from . import reference
 from ._checks import check_distill, check_impl, check_infonce, check_logits
@@ -12,7 +16,11 @@ from ._checks import check_distill, check_impl, check_infonce, check_logits
 
 def _use_triton(impl: str, x: torch.Tensor) -> bool:
     check_impl(impl)
-    return impl == "triton" or (impl == "auto" and x.device.type == "cuda")
+    if impl == "triton":
+        require("triton", "impl='triton'", "install triton (Linux) or use impl='torch'")
+        return True
+    # auto: the kernel on CUDA tensors when triton is installed, the reference otherwise
+    return impl == "auto" and x.device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 def infonce_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor | None = None,

@@ -194,3 +194,29 @@ def test_gpu_memory_is_not_n_times_k():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     assert extra < N * (K + 1) * 4 / 10, f"extra memory {extra / 2**20:.1f} MiB"
+
+
+def test_without_interpreter_cpu_triton_is_a_clear_error():
+    # a fresh process without TRITON_INTERPRET: importing the package does not import triton, the
+    # reference runs, and impl="triton" on CPU tensors is a one-line FastdiscoError
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "import fastdisco.kernels as K\n"
+        "assert 'triton' not in sys.modules\n"
+        "q = torch.randn(3, 8)\n"
+        "K.infonce_loss(q, q, impl='auto')\n"
+        "from fastdisco.errors import FastdiscoError\n"
+        "try:\n"
+        "    K.infonce_loss(q, q, impl='triton')\n"
+        "except FastdiscoError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ERR impl='triton' cannot run on cpu" in out.stdout
