@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type != "cuda" and "triton" in impls:
         print("note: triton is not timed on CPU (interpreter only); dropped", file=sys.stderr)
         impls = [i for i in impls if i != "triton"]
-    iters = args.iters or (3 if args.quick or device.type == "cpu" else 20)
+    iters = args.iters or (10 if args.quick or device.type == "cpu" else 20)
     warmup = 2 if args.quick else 5
     import torch._dynamo
 
@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             row = dict(bench="losses", **case, impl=impl, dtype=str(dtype).replace("torch.", ""),
                        device=dev_name, timer="cuda_events" if device.type == "cuda" else "wall",
                        quick=bool(args.quick), iters=iters)
+            if device.type != "cuda":
+                row["note"] = "CPU wall clock (shared machine): exercises the script, not a speed claim"
             try:
                 row.update(measure(case, impl, device, dtype, warmup, iters))
             except Exception as e:  # a backend that cannot run here is a recorded fact, not a crash
