@@ -24,7 +24,6 @@ Pointer offsets are int64: K * stride overflows int32 from K * D > 2^31.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
