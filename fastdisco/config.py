@@ -46,7 +46,7 @@ class ModelConfig:
     """Student, its projection head, and the frozen teacher (fastdisco.models, fastdisco.teacher)."""
 
     student: str = "efficientnet_b0"    # any timm model name (randomly initialised, never downloaded)
-    num_classes: int = 1000             # ssld only: the student's logits, must match the teacher's
+    num_classes: int = 1000             # ssld / supervised only: the student's logits, must match the teacher's
     proj_hidden: int = 2048             # DisCo's bottleneck fix; 512/1280 for MoCo v2 baselines
     proj_dim: int = 128
     teacher: str = ""                   # timm model name of the teacher ("" = none)
@@ -67,7 +67,7 @@ class ModelConfig:
 class MethodConfig:
     """The training objective (fastdisco.methods)."""
 
-    name: Literal["mocov2", "disco", "ssld"] = "disco"
+    name: Literal["mocov2", "disco", "ssld", "supervised"] = "disco"
     temperature: float = 0.2            # InfoNCE (MoCo v2 / DisCo: 0.2)
     queue_size: int = 65536             # MoCo negatives queue length K (keys of dim model.proj_dim)
     momentum: float = 0.999             # key encoder EMA, applied once per optimizer step

@@ -4,6 +4,8 @@
 - disco:  mocov2 + distillation of the final embedding on *both* views (RECIPES.md, DisCo):
           the student query encoder runs with grad on view0 and view1, the frozen teacher on both,
           loss = infonce + w * (D(s(v0), t(v0)) + D(s(v1), t(v1))), D = 2 - 2 cos per sample.
+- supervised: cross-entropy of the student's classifier on the labels (a supervised SSLD teacher,
+          the labels-only baseline); one view, labels must be >= 0 and < model.num_classes.
 - ssld:   symmetric KL (T = method.kl_temperature) between student and teacher logits on the one
           shared view; soft-CE (softmax(teacher) as target) optional; labels unused.
 
@@ -17,6 +19,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fastdisco.errors import FastdiscoError
 from fastdisco.models import KeyQueue, ema_update, make_key_encoder, shuffled_forward
@@ -174,3 +177,29 @@ class SSLD(Method):
         fn = symmetric_kl_loss if self.cfg.ssld_loss == "symkl" else soft_ce_loss
         loss = fn(s, t, temperature=self.cfg.kl_temperature, impl=self.cfg.loss_impl)
         return loss, {self.cfg.ssld_loss: loss.detach()}
+
+
+@register("supervised")
+class Supervised(Method):
+    """Cross-entropy on the labels for the student's own classifier (no teacher)."""
+
+    num_views = 1
+
+    def __init__(self, cfg, student, teacher=None):
+        super().__init__(cfg, student, teacher)
+        self._checked = False
+
+    def step(self, batch):
+        self.check_batch(batch)
+        logits = self.run_student(batch.views[0])
+        y = batch.labels.to(logits.device)
+        if not self._checked:  # one host sync on the first batch: unlabeled data or too few logits
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0:
+                raise FastdiscoError("method 'supervised' needs labels, but the data has unlabeled samples (-1)")
+            if hi >= logits.shape[-1]:
+                raise FastdiscoError(f"label {hi} but the student gives {logits.shape[-1]} logits: "
+                                     f"set model.num_classes to the number of classes")
+            self._checked = True
+        loss = F.cross_entropy(logits.float(), y)
+        return loss, {"ce": loss.detach()}

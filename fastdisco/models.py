@@ -45,15 +45,19 @@ class Student(nn.Module):
         return self.head(self.backbone(x))
 
 
+CLASSIFIER_METHODS = ("ssld", "supervised")  # students that keep their timm classifier (no head)
+
+
 def build_student(model_cfg, method_name: str) -> Student:
     """Student per docs/design.md section 3, with shuffle-BN emulation or SyncBN as configured."""
-    num_classes = model_cfg.num_classes if method_name == "ssld" else 0
+    classifier = method_name in CLASSIFIER_METHODS
+    num_classes = model_cfg.num_classes if classifier else 0
     student = Student(model_cfg.student, model_cfg.proj_hidden, model_cfg.proj_dim, num_classes)
     if model_cfg.sync_bn:
         from timm.layers import convert_sync_batchnorm
 
         student = convert_sync_batchnorm(student)
-    elif model_cfg.shuffle_bn_group > 0 and method_name != "ssld":
+    elif model_cfg.shuffle_bn_group > 0 and not classifier:
         convert_grouped_bn(student, model_cfg.shuffle_bn_group)
     return student
 
