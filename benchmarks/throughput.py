@@ -4,21 +4,57 @@ benchmarks/results/throughput.jsonl (results_io.append_rows), stamped with prove
   --mode loader   source images/s of each fastdisco loader backend on prepared data, and of
                   the official DisCo input pipeline (torchvision ImageFolder + PIL + MoCo v2
                   transforms in DataLoader workers) over the original JPEGs, in one run.
+  --mode model    one training step of the chosen method on synthetic batches already on the
+                  device: the model-bound ceiling (no loading).
+  --mode step     the full training step, batches from the prepared data through make_loader.
+  --mode baseline the official DisCo step (benchmarks/baseline_step.py): ImageFolder + PIL
+                  workers over the original JPEGs, fp32 eager, contiguous, unfused losses.
+  --mode all      loader, model and step, each with its baseline (ratios from one invocation).
 
-Example (CPU, small synthetic set of 500x375 JPEGs made on the fly):
+model and step also run their baseline in the same invocation unless --no-baseline, and give
+`vs_baseline` (and step `vs_model`) ratios. Images/s count source images (not views). Timing:
+CUDA events on GPU, wall clock on CPU. --profile writes torch.profiler traces and prints the top
+ops; --breakdown times the parts (teacher, student fwd+bwd, momentum encoder, loss, optimizer,
+loading) in separate sub-runs; --flops counts FLOPs (torch.utils.flop_counter) and the share of
+the GPU's dense bf16 peak (both default on for CUDA).
+
+Examples:
   python benchmarks/throughput.py --mode loader --synthetic 320 --workers 2 --batch 32
+  python benchmarks/throughput.py --mode all --synthetic 2048 --workers 12 --batch 256 \
+      --method disco --teacher resnet50 --student efficientnet_b0 --backends dali,torch
+  python benchmarks/throughput.py --mode step --synthetic 128 --workers 2 --batch 32 --resolution 64 \
+      --teacher resnet18 --student resnet10t --precision fp32 --steps 6 --warmup 2   # CPU
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fastdisco._compat  # noqa: E402,F401
+
+
+def cpu_note() -> str:
+    return (f"CPU wall clock on a shared {os.cpu_count()}-core machine (other jobs running): noisy; "
+            "compare ratios within one run_id, not absolute numbers; not a GPU result")
+
+
+def dataset(args) -> tuple[Path | None, Path]:
+    """(original JPEG folders or None, prepared dataset) for this invocation; --synthetic N
+    makes both once, in a temporary directory shared by all modes."""
+    if getattr(args, "_dataset", None) is None:
+        if args.synthetic:
+            args._tmp = tempfile.TemporaryDirectory()
+            args._dataset = make_synthetic(Path(args._tmp.name), args.synthetic)
+        else:
+            args._dataset = (Path(args.src) if args.src else None, Path(args.data))
+    return args._dataset
 
 
 def _sync(device) -> None:
@@ -40,8 +76,10 @@ def make_synthetic(root: Path, n: int) -> tuple[Path, Path]:
     return src, root / "prepared"
 
 
-def official_baseline_loader(src: Path, batch: int, workers: int, res: int):
-    """The official DisCo / MoCo v2 input pipeline ("aug-plus"), as in its main.py."""
+def official_baseline_loader(src: Path, batch: int, workers: int, res: int, views: int = 2,
+                             pin_memory: bool = False):
+    """The official DisCo / MoCo v2 input pipeline ("aug-plus"), as in its main.py (which sets
+    pin_memory=True for its CUDA training loop). views=1 gives one view of the same transform."""
     import random
 
     import torch
@@ -61,7 +99,7 @@ def official_baseline_loader(src: Path, batch: int, workers: int, res: int):
             self.t = t
 
         def __call__(self, x):
-            return [self.t(x), self.t(x)]
+            return [self.t(x) for _ in range(views)]
 
     aug = T.Compose([
         T.RandomResizedCrop(res, scale=(0.2, 1.0)),
@@ -74,7 +112,8 @@ def official_baseline_loader(src: Path, batch: int, workers: int, res: int):
     ])
     ds = datasets.ImageFolder(str(src), TwoCropsTransform(aug))
     return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
-                                       drop_last=True, persistent_workers=workers > 0)
+                                       drop_last=True, persistent_workers=workers > 0,
+                                       pin_memory=pin_memory)
 
 
 def _time_epochs(loader, device, epochs: int, set_epoch=None) -> tuple[float, int]:
@@ -105,15 +144,12 @@ def run_loader(args) -> list[dict]:
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    tmp = None
-    if args.synthetic:
-        tmp = tempfile.TemporaryDirectory()
-        src, data = make_synthetic(Path(tmp.name), args.synthetic)
-    else:
-        src, data = Path(args.src) if args.src else None, Path(args.data)
+    src, data = dataset(args)
     rows = []
     common = dict(mode="loader", views=2, resolution=args.resolution, batch=args.batch, workers=args.workers,
-                  device=str(device), recipe="mocov2", epochs_timed=args.epochs)
+                  device=str(device), recipe="mocov2", epochs_timed=args.epochs, run_id=args.run_id)
+    if device.type == "cpu":
+        common["note"] = cpu_note()
     for be in args.backends.split(","):
         cfg = DataConfig(path=str(data), backend=be, recipe="mocov2", resolution=args.resolution,
                          batch_size=args.batch, num_workers=args.workers, dali_threads=args.workers)
@@ -135,35 +171,278 @@ def run_loader(args) -> list[dict]:
         for r in rows[:-1]:
             r["vs_official"] = round(r["images_per_s"] / base, 2)
             print(f"{r['backend']:>16}: {r['vs_official']:.2f}x official")
-    if tmp is not None:
-        tmp.cleanup()
     return rows
 
 
-MODES = {"loader": run_loader}  # model / step: to be added by the engine's benchmark
+# --------------------------------------------------------------------------- model / step / baseline
+def _device(args):
+    import torch
+
+    return torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def bench_config(args, device):
+    """The engine's Config for this benchmark: CLI options, then --set overrides."""
+    from fastdisco.config import Config, apply_overrides, parse_set
+
+    cfg = Config()
+    compile_ = args.compile if args.compile is not None else device.type == "cuda"
+    apply_overrides(cfg, {
+        "data": {"path": "", "backend": args.backend, "recipe": "ssld" if args.method == "ssld" else "mocov2",
+                 "resolution": args.resolution, "batch_size": args.batch, "num_workers": args.workers,
+                 "dali_threads": args.workers},
+        "model": {"student": args.student, "teacher": args.teacher},
+        "method": {"name": args.method, "loss_impl": args.loss_impl},
+        "train": {"precision": args.precision, "channels_last": args.channels_last, "compile": compile_,
+                  "device": device.type},
+    })
+    for item in args.set:
+        apply_overrides(cfg, parse_set(item))
+    return cfg
+
+
+def _describe(cfg, device, args, mode: str, impl: str, backend: str | None) -> dict:
+    import torch
+
+    from fastdisco.methods import METHODS
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    row = dict(mode=mode, impl=impl, method=cfg.method.name,
+               teacher=cfg.model.teacher if METHODS[cfg.method.name].needs_teacher else None,
+               student=cfg.model.student, resolution=cfg.data.resolution, batch=cfg.data.batch_size,
+               backend=backend, workers=cfg.data.num_workers if backend else None,
+               precision=cfg.train.precision, compile=cfg.train.compile, loss_impl=cfg.method.loss_impl,
+               channels_last=cfg.train.channels_last, fused_optim=cfg.optim.fused,
+               queue_size=cfg.method.queue_size, device=str(device), device_name=name,
+               timer="cuda_events" if device.type == "cuda" else "wall", warmup=args.warmup, steps=args.steps,
+               run_id=args.run_id)
+    if device.type == "cpu":
+        row["note"] = cpu_note()
+    return row
+
+
+def _measure(args, setup, fn, batch, row: dict, loading=None) -> dict:
+    """Time `fn` (one training step), then optionally count FLOPs, break the step into parts
+    and profile it. `loading` (a callable giving one batch) adds the loader to the breakdown."""
+    import statistics
+
+    import torch
+
+    from bench_step import breakdown, count_flops, peak_bf16_tflops, profile_calls, time_calls
+
+    dev = setup.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    ms = time_calls(fn, dev, args.warmup, args.steps)
+    total_s = sum(ms) / 1e3
+    row.update(images_per_s=round(row["batch"] * len(ms) / total_s, 2), step_ms_mean=round(total_s * 1e3 / len(ms), 3),
+               step_ms_median=round(statistics.median(ms), 3),
+               peak_mem_mib=round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None)
+    if args.flops:
+        flops = count_flops(setup, batch)
+        achieved = flops / (total_s / len(ms)) / 1e12
+        peak = peak_bf16_tflops(row["device_name"]) if dev.type == "cuda" else None
+        row.update(gflop_per_step=round(flops / 1e9, 3), tflops_achieved=round(achieved, 4),
+                   peak_bf16_tflops=peak, peak_share=round(achieved / peak, 4) if peak else None)
+    if args.breakdown:
+        n = max(3, args.steps // 2)
+        parts = breakdown(setup, batch, warmup=1, steps=n)
+        if loading is not None:
+            parts["loading"] = round(statistics.median(time_calls(loading, dev, 1, n)), 3)
+        tot = sum(parts.values())
+        row.update(breakdown_ms=parts, breakdown_share={k: round(v / tot, 4) for k, v in parts.items()},
+                   breakdown_sum_vs_step=round(tot / row["step_ms_median"], 3))
+    if args.profile:
+        out = Path(args.profile)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / ".gitignore").exists():
+            (out / ".gitignore").write_text("*\n")  # traces are large: never committed
+        trace = out / f"{row['run_id']}_{row['mode']}_{row['impl']}.json"
+        table, top = profile_calls(fn, dev, min(args.steps, 5), str(trace))
+        print(table)
+        row.update(profile_trace=str(trace), profile_top=top[:10])
+    return row
+
+
+def _report(row: dict) -> None:
+    extra = f", peak {row['peak_mem_mib']} MiB" if row.get("peak_mem_mib") else ""
+    if row.get("peak_share") is not None:
+        extra += f", {100 * row['peak_share']:.1f}% of bf16 peak"
+    print(f"{row['mode']:>6} {row['impl']:>9} ({row['backend'] or 'synthetic'}): {row['images_per_s']:9.2f} images/s, "
+          f"{row['step_ms_median']:.1f} ms/step{extra}")
+    if row.get("breakdown_ms"):
+        print("        parts (ms): " + ", ".join(f"{k} {v}" for k, v in row["breakdown_ms"].items()))
+
+
+def _run_model(args, impl: str) -> dict:
+    from baseline_step import baseline_config
+    from bench_step import build_setup, synthetic_batch, train_step
+    from fastdisco.methods import METHODS
+
+    device = _device(args)
+    cfg = bench_config(args, device)
+    if impl == "baseline":
+        cfg = baseline_config(cfg)
+    setup = build_setup(cfg, device)
+    batch = synthetic_batch(setup, cfg.data.batch_size, cfg.data.resolution, METHODS[cfg.method.name].num_views)
+    row = _measure(args, setup, lambda: train_step(setup, batch), batch, _describe(cfg, device, args, "model", impl, None))
+    _report(row)
+    return row
+
+
+def _run_step(args, impl: str) -> dict | None:
+    import torch
+
+    from baseline_step import BASELINE_BACKEND, baseline_config, official_batches
+    from bench_step import build_setup, train_step
+    from fastdisco.data.loader import make_loader
+    from fastdisco.methods import METHODS
+
+    device = _device(args)
+    src, data = dataset(args)
+    cfg = bench_config(args, device)
+    if impl == "baseline":
+        if src is None:
+            print("skip the baseline step: it reads the original JPEG folders; give --src (or --synthetic N)")
+            return None
+        cfg = baseline_config(cfg)
+        setup = build_setup(cfg, device)
+        dl = official_baseline_loader(src, cfg.data.batch_size, cfg.data.num_workers, cfg.data.resolution,
+                                      views=METHODS[cfg.method.name].num_views, pin_memory=device.type == "cuda")
+        batches, backend = official_batches(dl, device), BASELINE_BACKEND
+        next_batch = lambda: next(batches)  # noqa: E731
+    else:
+        cfg.data.path = str(data)
+        setup = build_setup(cfg, device)
+        loader = make_loader(cfg.data, device=device, dtype=setup.view_dtype)
+        state = {"epoch": 0, "it": None}
+        loader.set_epoch(0)
+        state["it"] = iter(loader)
+        backend = cfg.data.backend
+
+        def next_batch():
+            try:
+                return next(state["it"])
+            except StopIteration:  # the engine's epoch handoff
+                state["epoch"] += 1
+                loader.set_epoch(state["epoch"])
+                state["it"] = iter(loader)
+                return next(state["it"])
+    first = next_batch()
+    torch.manual_seed(0)
+    row = _describe(cfg, device, args, "step", impl, backend)
+    row = _measure(args, setup, lambda: train_step(setup, next_batch()), first, row, loading=next_batch)
+    _report(row)
+    return row
+
+
+def _ratios(rows: list[dict]) -> None:
+    """vs_baseline (same mode) and, for steps, vs_model: all from this invocation."""
+    by = {(r["mode"], r.get("impl")): r for r in rows if "impl" in r}
+    for (mode, impl), r in by.items():
+        base = by.get((mode, "baseline"))
+        if impl == "fastdisco" and base:
+            r["vs_baseline"] = round(r["images_per_s"] / base["images_per_s"], 3)
+            print(f"{mode}: fastdisco / baseline = {r['vs_baseline']:.2f}x")
+        model = by.get(("model", impl))
+        if mode == "step" and model:
+            r["vs_model"] = round(r["images_per_s"] / model["images_per_s"], 3)
+            print(f"step / model ({impl}) = {r['vs_model']:.2f}")
+
+
+def run_model(args) -> list[dict]:
+    rows = [_run_model(args, "fastdisco")] + ([_run_model(args, "baseline")] if args.baseline else [])
+    _ratios(rows)
+    return rows
+
+
+def run_step(args) -> list[dict]:
+    rows = [_run_step(args, "fastdisco")] + ([_run_step(args, "baseline")] if args.baseline else [])
+    rows = [r for r in rows if r]
+    _ratios(rows)
+    return rows
+
+
+def run_baseline(args) -> list[dict]:
+    row = _run_step(args, "baseline")
+    return [row] if row else []
+
+
+def run_all(args) -> list[dict]:
+    rows = run_loader(args)
+    steps = [_run_model(args, "fastdisco"), _run_step(args, "fastdisco")]
+    if args.baseline:
+        steps += [_run_model(args, "baseline"), _run_step(args, "baseline")]
+    steps = [r for r in steps if r]
+    _ratios(steps)
+    return rows + steps
+
+
+MODES = {"loader": run_loader, "model": run_model, "step": run_step, "baseline": run_baseline, "all": run_all}
+DATA_MODES = ("loader", "step", "baseline", "all")
 
 
 def main(argv=None) -> int:
+    import datetime
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=sorted(MODES), default="loader")
     p.add_argument("--data", default="", help="prepared dataset (fastdisco prepare-data output)")
     p.add_argument("--src", default="", help="the original JPEG class folders, for the official baseline")
     p.add_argument("--synthetic", type=int, default=0, help="make N synthetic 500x375 JPEGs and prepare them")
-    p.add_argument("--backends", default="torch,dali,ffcv")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--backends", default="torch,dali,ffcv", help="loader mode: backends to compare")
+    p.add_argument("--backend", default="dali", help="step mode: the loader backend")
+    p.add_argument("--batch", type=int, default=64, help="per-device batch (source images)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("--epochs", type=int, default=1, help="timed epochs after one warm-up epoch")
+    p.add_argument("--epochs", type=int, default=1, help="loader mode: timed epochs after one warm-up epoch")
     p.add_argument("--device", default="auto")
+    p.add_argument("--method", choices=("disco", "ssld", "mocov2"), default="disco")
+    p.add_argument("--teacher", default="resnet50", help="timm name (randomly initialised: timing only)")
+    p.add_argument("--student", default="efficientnet_b0", help="timm name")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile student/key encoder/teacher (default: on CUDA only)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--loss-impl", choices=("auto", "torch", "triton"), default="auto",
+                   help="fused Triton losses (auto: on CUDA) or the PyTorch reference")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="model/step: also run the official-DisCo baseline in this invocation")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, cudnn autotune, workers)")
+    p.add_argument("--flops", action=argparse.BooleanOptionalAction, default=None,
+                   help="count FLOPs and the share of the GPU's bf16 peak (default: on CUDA)")
+    p.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=None,
+                   help="time teacher / student / momentum encoder / loss / optimizer / loading (default: on CUDA)")
+    p.add_argument("--profile", nargs="?", const=str(Path(__file__).resolve().parent / "results" / "traces"),
+                   default=None, metavar="DIR", help="write torch.profiler traces to DIR and print the top ops")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any other fastdisco config key, e.g. method.queue_size=16384")
+    p.add_argument("--results-dir", default=None, help="where throughput.jsonl is appended (default benchmarks/results)")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
-    if not args.synthetic and not args.data:
+    if args.mode in DATA_MODES and not args.synthetic and not args.data and not (args.mode == "baseline" and args.src):
         p.error("give --data (and --src) or --synthetic N")
-    rows = MODES[args.mode](args)
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
+    cuda = _device(args).type == "cuda"
+    args.flops = cuda if args.flops is None else args.flops
+    args.breakdown = cuda if args.breakdown is None else args.breakdown
+    args.run_id = datetime.datetime.now().strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    from fastdisco.errors import FastdiscoError
+
+    try:
+        rows = MODES[args.mode](args)
+    except FastdiscoError as e:
+        print(f"throughput: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if getattr(args, "_tmp", None) is not None:
+            args._tmp.cleanup()
     if rows and not args.no_save:
         from results_io import append_rows
 
-        print("appended to", append_rows("throughput", rows))
+        print("appended to", append_rows("throughput", rows, args.results_dir))
     return 0
 
 
