@@ -47,11 +47,30 @@ def test_grayscale_solarize_flip_match_torchvision(imgs):
     assert torch.equal(ops.hflip(imgs), TF.hflip(imgs))
 
 
+def test_hue_on_ties_and_extremes_matches_torchvision():
+    """Every colour of a 5-level palette (ties for the max between channels, grays, black, white)
+    under shifts across the whole range: the closed form has no branch torchvision's lacks."""
+    lv = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    rgb = torch.cartesian_prod(lv, lv, lv).T.reshape(1, 3, 5, 25)  # 125 colours
+    for s in (-0.5, -0.31, -1 / 6, 0.0, 0.05, 1 / 3, 0.5):
+        got = ops.adjust_hue(rgb, torch.tensor([s]))
+        assert (got - TF.adjust_hue(rgb[0], s)).abs().max() < TOL, s
+        assert torch.equal(got, ops.adjust_hue(rgb, s))  # a float parameter is the same op
+
+
 def test_gaussian_blur_per_sample_sigma_matches_torchvision(imgs):
     sig = torch.tensor([0.1, 0.7, 1.3, 2.0])
-    got = ops.gaussian_blur(imgs, sig, 7)
     want = torch.stack([TF.gaussian_blur(imgs[i], [7, 7], [float(s), float(s)]) for i, s in enumerate(sig)])
+    got = ops.gaussian_blur(imgs, sig, 7)  # CPU: shifted multiply-adds, negligible taps skipped
     assert (got - want).abs().max() < TOL
+    got = ops.blur_grouped_conv(imgs, ops.gaussian_kernels(sig, 7))  # the accelerator path
+    assert (got - want).abs().max() < TOL
+    # 23 taps at sigma 0.1 .. 2 on a larger image (the recipes' kernel): skipping taps stays exact
+    big = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(5))
+    for s in (0.1, 1.0, 2.0):
+        got = ops.gaussian_blur(big, torch.tensor([s, s]), 23)
+        want = torch.stack([TF.gaussian_blur(big[i], [23, 23], [s, s]) for i in range(2)])
+        assert (got - want).abs().max() < TOL, s
 
 
 def test_resized_crop_matches_torchvision(imgs):
@@ -186,3 +205,35 @@ def test_unknown_recipe_is_one_line_error():
 
     with pytest.raises(FastdiscoError, match="data.recipe"):
         A.recipe_views("simclr")
+
+
+def test_cpu_image_path_equals_batched_path():
+    """The CPU path (image by image, Python-float params, in a thread pool) and the batched
+    accelerator path (crop_view + color_view + normalize, here run on CPU tensors) give the
+    same views, for every recipe; the pool's result does not depend on its thread count."""
+    g = A.make_generator(5, 0, 0, 1)
+    B, res = 6, 24
+    u8 = (torch.rand(B, 3, 40, 50, generator=g) * 255).round().to(torch.uint8)
+    h, w = torch.tensor([40, 33, 40, 21, 40, 40]), torch.tensor([50, 50, 17, 50, 50, 29])  # ragged
+    for recipe in ("mocov2", "byol", "eval"):
+        params = A.sample_params(g, A.RECIPES[recipe], h, w, res)
+        for p in params:  # every op fires on some sample
+            p["jitter"][:4], p["gray"][0], p["blur"][1:3], p["solarize"][3:], p["flip"][2] = True, True, True, True, True
+        for aa in (True, False):
+            if not aa and recipe == "eval":
+                continue  # eval always resizes with crop_view's interpolate
+            cpu = A.augment_cpu(u8, params, res, torch.float32, antialias=aa, run=A.CpuPool(2))
+            assert all(torch.equal(a, b) for a, b in zip(cpu, A.augment_cpu(u8, params, res, torch.float32, antialias=aa)))
+            for v, p in zip(cpu, params):
+                x = A.crop_view(u8, p, res, aa).clamp(0, 255) / 255
+                want = A.normalize(A.color_view(x, p, res), torch.float32)
+                assert v.is_contiguous(memory_format=torch.channels_last)
+                assert (v - want).abs().max() < 1e-4, (recipe, aa)
+    # finish (on already cropped uint8 views, as dali / ffcv deliver them) == the same from float crops
+    crops = (torch.rand(B, 3, res, res, generator=g) * 255).round().to(torch.uint8)
+    (p,) = A.sample_params(g, A.RECIPES["byol"][1:], torch.full((B,), res), torch.full((B,), res), res)
+    aug = A.GpuAugment("byol", res, torch.bfloat16, cpu_threads=2)
+    got = aug.finish(crops, p)
+    want = A.normalize(A.color_view(crops.float() / 255, p, res), torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    assert (got.float() - want.float()).abs().max() < 0.02  # bf16: one rounding step of ~2.6

@@ -7,6 +7,14 @@ batch, so any view can be replayed exactly with `apply_view(...)`, and a run is 
 whatever the device. The images are then transformed on the device with the batched ops of
 `fastdisco.data.augment_ops` (torchvision's definitions, per-sample parameters).
 
+Two ways to apply the same ops: on an accelerator, batched (a few kernels per op for the whole
+batch); on the CPU, image by image (`finish_cpu`, `augment_cpu`): crop, colour ops, blur,
+flip and normalisation of one image run back to back while it sits in cache, with Python
+floats for its parameters. The CPU path is 5-10x faster per image than the batched one on the
+CPU (no 20 MB temporaries per op, no masked row gathers), and it runs where the images are: in
+the torch backend's DataLoader workers, or in a small thread pool (`cpu_threads`). Both paths
+follow the same definitions; tests/test_augment.py checks both against torchvision.
+
 Recipes (docs/design.md section 2, RECIPES.md):
   mocov2  2 views: RRC(0.2-1), jitter(0.4,0.4,0.4,0.1) p=.8, gray p=.2, blur(.1-2) p=.5, flip
   byol    2 views: RRC(0.08-1), jitter(0.4,0.4,0.2,0.1) p=.8, gray p=.2, blur p=1.0 / 0.1,
@@ -18,15 +26,20 @@ Recipes (docs/design.md section 2, RECIPES.md):
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fastdisco.data import augment_ops as ops
 from fastdisco.errors import FastdiscoError
 
+JITTER_OPS = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue)  # jitter_order ids
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_RATIO = 0.875  # 224 / 256
@@ -199,14 +212,14 @@ def _apply_rows(x: Tensor, mask: Tensor, fn) -> Tensor:
 
 def color_view(x: Tensor, params: dict[str, Tensor], resolution: int) -> Tensor:
     """Photometric part of one view on float [B, 3, H, W] in [0, 1] (jitter in its drawn order,
-    grayscale, blur, solarize, flip), in torchvision's order of the MoCo v2 / BYOL pipelines."""
+    grayscale, blur, solarize, flip), in torchvision's order of the MoCo v2 / BYOL pipelines.
+    Batched (accelerator path): each op runs once on the rows that draw it."""
     f = params["jitter_factors"]
     order = params["jitter_order"]
     jit = params["jitter"]
-    jitter_fns = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue)
     if bool(jit.any()):
         for pos in range(4):
-            for k, fn in enumerate(jitter_fns):
+            for k, fn in enumerate(JITTER_OPS):
                 # each sample runs op k at position pos of its own permutation
                 sel = jit & (order[:, pos] == k)
                 x = _apply_rows(x, sel, lambda xs, r, fn=fn, k=k: fn(xs, f[r, k]))
@@ -218,25 +231,170 @@ def color_view(x: Tensor, params: dict[str, Tensor], resolution: int) -> Tensor:
     return x
 
 
+def _norm_consts(device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """(1 / std, -mean / std) as [1, 3, 1, 1]: normalising is one fused multiply-add."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
+    return ((1.0 / std).to(device, dtype).view(1, 3, 1, 1), (-mean / std).to(device, dtype).view(1, 3, 1, 1))
+
+
 def normalize(x: Tensor, dtype: torch.dtype, channels_last: bool = True) -> Tensor:
     """[0, 1] float -> (x - mean) / std in `dtype`, channels_last memory format."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    y = ((x - mean) / std).to(dtype)
+    scale, bias = _norm_consts(x.device, x.dtype)
+    y = torch.addcmul(bias, x, scale).to(dtype)
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y.contiguous()
 
 
+# --------------------------------------------------------------------------- the CPU path
+def host_params(params: dict[str, Tensor]) -> dict[str, list]:
+    """A view's params as Python lists, read once per batch (no per-op tensor indexing)."""
+    return {k: v.tolist() for k, v in params.items()}
+
+
+def crop_one(img: Tensor, p: dict[str, list], i: int, resolution: int, antialias: bool = True) -> Tensor:
+    """Geometry of sample i of a view on its uint8 image [3, H, W] (any padding beyond the
+    image's own size is ignored) -> float [1, 3, res, res] in [0, 255]. Same calls as crop_view."""
+    t, l, h, w = (int(round(v)) for v in p["crop"][i])
+    if "resize" in p:  # eval: resize the whole image, then center crop
+        H, W = (int(v) for v in p["src_size"][i])
+        rh, rw = (int(v) for v in p["resize"][i])
+        x = F.interpolate(img[None, :, :H, :W].float(), size=(rh, rw), mode="bilinear", align_corners=False,
+                          antialias=antialias)
+        return x[:, :, t : t + h, l : l + w]
+    crop = img[None, :, t : t + h, l : l + w].float()
+    if antialias:
+        return F.interpolate(crop, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+    box = torch.tensor([[float(t), float(l), float(h), float(w)]])
+    return ops.resized_crop_grid(img[None, :, : t + h, : l + w], box, resolution)
+
+
+def color_one(x: Tensor, p: dict[str, list], i: int, resolution: int) -> Tensor:
+    """The photometric ops of sample i on one image [1, 3, H, W] in [0, 1]: color_view's ops in
+    the same order, with Python floats for the parameters."""
+    if p["jitter"][i]:
+        f = p["jitter_factors"][i]
+        for k in p["jitter_order"][i]:
+            x = JITTER_OPS[k](x, f[k])
+    if p["gray"][i]:
+        x = ops.grayscale3(x)
+    if p["blur"][i]:
+        w = ops.gaussian_kernels(torch.tensor([p["blur_sigma"][i]]), blur_kernel_size(resolution))
+        x = ops.blur_shifted(x, w[0].tolist())
+    if p["solarize"][i]:
+        x = ops.solarize(x)
+    if p["flip"][i]:
+        x = ops.hflip(x)
+    return x
+
+
+def _finish_into(out: Tensor, i: int, x: Tensor, p: dict[str, list], resolution: int,
+                 norm: tuple[Tensor, Tensor]) -> None:
+    """float [1, 3, res, res] in [0, 255] -> colour ops -> normalised, written to out[i]."""
+    x = x.clamp(0.0, 255.0).div_(255.0)
+    x = color_one(x, p, i, resolution)
+    out[i].copy_(torch.addcmul(norm[1], x, norm[0])[0])  # converts dtype and layout in one copy
+
+
+def _empty_views(n: int, b: int, resolution: int, dtype: torch.dtype, channels_last: bool) -> list[Tensor]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return [torch.empty(b, 3, resolution, resolution, dtype=dtype).contiguous(memory_format=fmt) for _ in range(n)]
+
+
+def finish_cpu(cropped: Tensor, params: dict[str, Tensor], resolution: int, dtype: torch.dtype,
+               channels_last: bool = True, run=None) -> Tensor:
+    """CPU path of GpuAugment.finish: image by image; `run(fn, B)` may spread them over threads."""
+    p = host_params(params)
+    out = _empty_views(1, cropped.shape[0], resolution, dtype, channels_last)[0]
+    norm = _norm_consts(torch.device("cpu"))
+
+    def one(i: int) -> None:
+        _finish_into(out, i, cropped[i : i + 1].float(), p, resolution, norm)
+
+    (run or _run_inline)(one, cropped.shape[0])
+    return out
+
+
+def augment_cpu(imgs: Sequence[Tensor], params: list[dict[str, Tensor]], resolution: int, dtype: torch.dtype,
+                channels_last: bool = True, antialias: bool = True, run=None) -> list[Tensor]:
+    """CPU path of the whole pipeline: uint8 images [3, H, W] (a list, or a padded batch) -> views.
+    Each image goes through every view (crop, colour ops, normalisation) while in cache."""
+    ps = [host_params(p) for p in params]
+    outs = _empty_views(len(params), len(imgs), resolution, dtype, channels_last)
+    norm = _norm_consts(torch.device("cpu"))
+
+    def one(i: int) -> None:
+        for p, out in zip(ps, outs):
+            _finish_into(out, i, crop_one(imgs[i], p, i, resolution, antialias), p, resolution, norm)
+
+    (run or _run_inline)(one, len(imgs))
+    return outs
+
+
+def _run_inline(fn, n: int) -> None:
+    """Images one after another with one torch thread, as in the pool: a reduction (contrast's
+    mean) then sums in the same order whatever the caller's thread count, so a replayed view is
+    bit-identical to the loader's."""
+    prev = torch.get_num_threads()
+    if prev != 1:
+        torch.set_num_threads(1)
+    try:
+        for i in range(n):
+            fn(i)
+    finally:
+        if prev != 1:
+            torch.set_num_threads(prev)
+
+
+class CpuPool:
+    """A few threads that each run images with one torch thread (torch ops release the GIL, and a
+    per-thread torch.set_num_threads(1) keeps OpenMP from oversubscribing the cores)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, fn, n: int) -> None:
+        if self.threads <= 1 or n <= 1:
+            return _run_inline(fn, n)
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fastdisco-aug",
+                                                initializer=torch.set_num_threads, initargs=(1,))
+        # contiguous chunks, one per thread: fewer hand-offs than one task per image
+        chunks = [range(k, n, self.threads) for k in range(self.threads)]
+        # grad / inference mode is thread-local: run the chunks in the caller's, so outputs made
+        # under the caller's inference_mode (eval feature extraction) may be written in place
+        mode = torch.is_inference_mode_enabled()
+
+        def chunk(c: range) -> None:
+            with torch.inference_mode(mode):
+                for i in c:
+                    fn(i)
+
+        for f in [self._pool.submit(chunk, c) for c in chunks]:
+            f.result()
+
+    def __getstate__(self):
+        return {"threads": self.threads}
+
+    def __setstate__(self, st):
+        self.__init__(st["threads"])
+
+
 class GpuAugment:
-    """The shared on-device part of every backend for one recipe."""
+    """The shared on-device part of every backend for one recipe (batched on an accelerator,
+    image by image on the CPU, over `cpu_threads` threads; 0 = torch.get_num_threads())."""
 
     def __init__(self, recipe: str, resolution: int, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = True, antialias: bool = True):
+                 channels_last: bool = True, antialias: bool = True, cpu_threads: int = 0):
         self.views = recipe_views(recipe)
         self.recipe = recipe
         self.resolution = resolution
         self.dtype = dtype
         self.channels_last = channels_last
         self.antialias = antialias
+        self.cpu = CpuPool(cpu_threads or torch.get_num_threads())
 
     @property
     def num_views(self) -> int:
@@ -247,12 +405,16 @@ class GpuAugment:
 
     def finish(self, cropped: Tensor, params: dict[str, Tensor]) -> Tensor:
         """Cropped view (uint8 or float in [0, 255], [B, 3, res, res] on device) -> normalised view."""
+        if cropped.device.type == "cpu":
+            return finish_cpu(cropped, params, self.resolution, self.dtype, self.channels_last, self.cpu)
         x = cropped.float().clamp(0.0, 255.0).div_(255.0)
         x = color_view(x, params, self.resolution)
         return normalize(x, self.dtype, self.channels_last)
 
     def __call__(self, imgs: Tensor, params: list[dict[str, Tensor]]) -> list[Tensor]:
         """Full pipeline on uint8 source images [B, 3, Hp, Wp] (ragged batch zero-padded)."""
+        if imgs.device.type == "cpu":
+            return augment_cpu(imgs, params, self.resolution, self.dtype, self.channels_last, self.antialias, self.cpu)
         return [self.finish(crop_view(imgs, p, self.resolution, self.antialias), p) for p in params]
 
 
@@ -260,6 +422,8 @@ def apply_view(imgs: Tensor, params: dict[str, Tensor], resolution: int, dtype: 
                channels_last: bool = True, antialias: bool = True) -> Tensor:
     """Replay one view exactly from its params (as returned in Batch.params)."""
     p = {k: v.cpu() for k, v in params.items()}
+    if imgs.device.type == "cpu":
+        return augment_cpu(imgs, [p], resolution, dtype, channels_last, antialias)[0]
     x = crop_view(imgs, p, resolution, antialias).clamp(0.0, 255.0).div_(255.0)
     x = color_view(x, p, resolution)
     return normalize(x, dtype, channels_last)

@@ -3,6 +3,11 @@
 Each op follows torchvision's functional definition (torchvision.transforms.functional on
 float tensors) for one image, but takes a [B] tensor of parameters so a whole batch runs in a
 few kernels on the device. tests/test_augment.py checks each one against torchvision.
+
+The ops are written for CPU speed too (the CPU loaders run them per image, in cache): plain
+arithmetic, min / max / sign / floor, no `torch.where`, comparisons or `remainder`, which are
+10-30x slower than a multiply on this torch's CPU kernels. A parameter may be a [B] tensor or,
+for one image, a Python float.
 """
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ from torch import Tensor
 _GRAY = (0.2989, 0.587, 0.114)
 
 
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    """[B] -> [B, 1, 1, 1] on x's device / dtype."""
+def _bcast(v: Tensor | float, x: Tensor) -> Tensor | float:
+    """[B] -> [B, 1, 1, 1] on x's device / dtype (a float stays a float)."""
+    if isinstance(v, (int, float)):
+        return float(v)
     return v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
 
 
@@ -25,55 +32,49 @@ def rgb_to_grayscale(x: Tensor) -> Tensor:
     return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
 
 
-def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
+def adjust_brightness(x: Tensor, factor: Tensor | float) -> Tensor:
     return (x * _bcast(factor, x)).clamp_(0.0, 1.0)
 
 
-def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
+def adjust_contrast(x: Tensor, factor: Tensor | float) -> Tensor:
     # torchvision blends with the mean of the grayscale image (one scalar per image)
     mean = rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
     f = _bcast(factor, x)
     return (f * x + (1.0 - f) * mean).clamp_(0.0, 1.0)
 
 
-def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
+def adjust_saturation(x: Tensor, factor: Tensor | float) -> Tensor:
     f = _bcast(factor, x)
     return (f * x + (1.0 - f) * rgb_to_grayscale(x)).clamp_(0.0, 1.0)
 
 
-def _rgb2hsv(x: Tensor) -> Tensor:
-    # same formulation as torchvision's _rgb2hsv (itself Pillow's), so hue shifts match
+def adjust_hue(x: Tensor, shift: Tensor | float) -> Tensor:
+    """Rotate the HSV hue by `shift` (in [-0.5, 0.5] of a turn), per sample.
+
+    torchvision converts to HSV (Pillow's formulas), adds the shift mod 1, and converts back.
+    The same function, without the HSV round trip: with v = max, c = max - min and the hue
+    sextant H6 = 6 h in [-1, 5) (before the mod), channel n of the result is
+        v - c * clamp(min(k, 4 - k), 0, 1),   k = (n + H6 + 6 shift) mod 6,   n = 5, 3, 1 (R, G, B)
+    (hsv2rgb's sector table in closed form, with v * s = c). Which channel is the max is read
+    from sign(v - r), sign(v - g) (0 or 1 exactly), with torchvision's tie order r, g, b.
+    Differences from torchvision are float rounding (< 2e-6).
+    """
     r, g, b = x.unbind(dim=1)
-    maxc = x.amax(dim=1)
-    minc = x.amin(dim=1)
-    eqc = maxc == minc
-    cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    crd = torch.where(eqc, ones, cr)
-    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    return torch.stack((h, s, maxc), dim=1)
-
-
-def _hsv2rgb(hsv: Tensor) -> Tensor:
-    # closed form f(n) = v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6: the same
-    # piecewise-linear function as torchvision's sector table, without a gather
-    h, s, v = hsv.unbind(dim=1)
-    n = torch.tensor([5.0, 3.0, 1.0], device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(n + h.unsqueeze(1) * 6.0, 6.0)
-    w = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
-    return v.unsqueeze(1) - v.unsqueeze(1) * s.unsqueeze(1) * w
-
-
-def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """shift in [-0.5, 0.5] of a full turn, per sample."""
-    hsv = _rgb2hsv(x)
-    h = torch.remainder(hsv[:, 0] + shift.to(x).view(-1, 1, 1), 1.0)
-    return _hsv2rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
+    v = torch.maximum(torch.maximum(r, g), b)
+    c = v - torch.minimum(torch.minimum(r, g), b)
+    not_r = torch.sign(v - r)                   # 1 where r is not the max
+    max_b = torch.sign(v - g).mul_(not_r)       # neither r nor g is the max
+    max_g = not_r - max_b
+    cd = c + (1.0 - torch.sign(c))              # c, or 1 for gray pixels (no 0 / 0)
+    # 6h * c on each branch: (g - b), 2c + (b - r), 4c + (r - g)
+    num = (g - b).mul_(1.0 - not_r)
+    num.addcmul_(b - r + 2.0 * cd, max_g).addcmul_(r - g + 4.0 * cd, max_b)
+    h6 = num.div_(cd).unsqueeze(1)              # [B, 1, H, W]
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = h6 + (n + 6.0 * _bcast(shift, x))
+    k = k.sub_(torch.floor(k * (1.0 / 6.0)).mul_(6.0))  # mod 6 (floor: far cheaper than remainder)
+    w = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return v.unsqueeze(1) - c.unsqueeze(1) * w
 
 
 def grayscale3(x: Tensor) -> Tensor:
@@ -82,6 +83,8 @@ def grayscale3(x: Tensor) -> Tensor:
 
 
 def solarize(x: Tensor, threshold: float = 0.5) -> Tensor:
+    if threshold == 0.5:  # x >= 0.5 exactly when 1 - x <= x: the same values, no where
+        return torch.minimum(x, 1.0 - x)
     return torch.where(x >= threshold, 1.0 - x, x)
 
 
@@ -100,16 +103,50 @@ def gaussian_kernels(sigma: Tensor, kernel_size: int) -> Tensor:
 def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     """Separable blur with reflect padding and a per-sample sigma (torchvision gaussian_blur).
 
-    The batch is folded into channels so one grouped conv handles every sample's own kernel.
+    On the GPU the batch is folded into channels so one grouped conv handles every sample's own
+    kernel; on the CPU each image is blurred with shifted multiply-adds (several times faster
+    than a grouped conv there; see blur_shifted).
     """
-    B, C, H, W = x.shape
     k = gaussian_kernels(sigma.to(x.device), kernel_size).to(x.dtype)  # [B, k]
+    if x.device.type == "cpu":
+        return torch.cat([blur_shifted(x[n : n + 1], w) for n, w in enumerate(k.tolist())])
+    return blur_grouped_conv(x, k)
+
+
+def blur_grouped_conv(x: Tensor, k: Tensor) -> Tensor:
+    """x [B, C, H, W] blurred with sample n's 1-D kernel k[n] along both axes, reflect padding."""
+    B, C, H, W = x.shape
+    kernel_size = k.shape[1]
     kk = k.repeat_interleave(C, dim=0)  # [B*C, k]: one kernel per (sample, channel)
     p = kernel_size // 2
     y = F.pad(x.reshape(1, B * C, H, W), (p, p, p, p), mode="reflect")
     y = F.conv2d(y, kk.view(B * C, 1, 1, kernel_size), groups=B * C)
     y = F.conv2d(y, kk.view(B * C, 1, kernel_size, 1), groups=B * C)
     return y.view(B, C, H, W)
+
+
+# Taps lighter than this (of a kernel summing to 1) are skipped on the CPU: each changes an
+# output in [0, 1] by less than float32's relative resolution (2^-24), and at small sigma most
+# of the 23 taps are that light (sigma 1: 13 taps remain), so the blur costs about half.
+NEGLIGIBLE_TAP = 2.0 ** -24
+
+
+def blur_shifted(x: Tensor, weights: list[float]) -> Tensor:
+    """One kernel for all of x [N, C, H, W]: reflect pad, then a horizontal and a vertical pass of
+    sum_t w_t * shifted(x), skipping negligible taps (NEGLIGIBLE_TAP)."""
+    k = len(weights)
+    p = k // 2
+    H, W = x.shape[-2:]
+    taps = [(t, w) for t, w in enumerate(weights) if w >= NEGLIGIBLE_TAP]
+    y = F.pad(x, (p, p, p, p), mode="reflect")
+    (t0, w0), rest = taps[0], taps[1:]
+    acc = y[..., t0 : t0 + W] * w0
+    for t, w in rest:
+        acc.add_(y[..., t : t + W], alpha=w)
+    out = acc[..., t0 : t0 + H, :] * w0
+    for t, w in rest:
+        out.add_(acc[..., t : t + H, :], alpha=w)
+    return out
 
 
 def resized_crop(imgs: Tensor, boxes: Tensor, size: int, antialias: bool = True) -> Tensor:

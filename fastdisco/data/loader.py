@@ -137,8 +137,14 @@ class BaseLoader:
         """Cropped uint8 views ([B, 3, res, res], any device) -> the finished Batch."""
         nb = self.device.type == "cuda"
         views = [self.augment.finish(c.to(self.device, non_blocking=nb), p) for c, p in zip(cropped, params)]
-        return Batch(views, labels.to(self.device, non_blocking=nb), indices.to(self.device, non_blocking=nb),
-                     params, valid.to(self.device, non_blocking=nb))
+        return self._finished_batch(views, params, labels, indices, valid)
+
+    def _finished_batch(self, views: list[Tensor], params: list[dict[str, Tensor]], labels: Tensor,
+                        indices: Tensor, valid: Tensor) -> Batch:
+        """Views already augmented and normalised (in `dtype`) -> the Batch on the device."""
+        nb = self.device.type == "cuda"
+        return Batch([v.to(self.device, non_blocking=nb) for v in views], labels.to(self.device, non_blocking=nb),
+                     indices.to(self.device, non_blocking=nb), params, valid.to(self.device, non_blocking=nb))
 
 
 def make_loader(cfg, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
