@@ -84,6 +84,9 @@ def fastdisco_cmd(args: list[str]) -> tuple[list[str], str]:
     return [sys.executable, "-m", "fastdisco", *args], shlex.join(["fastdisco", *args])
 
 
+INPROCESS = False  # --inprocess: call fastdisco.cli.main in this process (no interpreter start-up per command)
+
+
 def run_logged(argv: list[str], log: Path) -> float:
     """Run `argv` from the repo root, appending its output to `log`; returns wall seconds."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +94,15 @@ def run_logged(argv: list[str], log: Path) -> float:
     with open(log, "a") as f:
         f.write(f"\n$ {shlex.join(argv)}\n")
         f.flush()
-        rc = subprocess.call(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        if INPROCESS:
+            import contextlib
+
+            from fastdisco.cli import main as cli_main
+
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                rc = cli_main(argv[3:])  # argv = [python, -m, fastdisco, ...]
+        else:
+            rc = subprocess.call(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     if rc != 0:
         raise SystemExit(f"run_fmnist: command failed (rc {rc}), see {log}: {shlex.join(argv)}")
     return time.perf_counter() - t0
@@ -177,7 +188,7 @@ def do_arm(args, sc: dict, arm: Arm, seed: int, data: dict, done: set) -> dict |
         prior = {"train_wall_s": round(wall, 1)}
         (rd / "repro_train.json").write_text(json.dumps(prior))
     metrics, ecmds, ewall = {}, {}, 0.0
-    for protocol in arm.evals:
+    for protocol in [e for e in arm.evals if e in args.evals]:
         eargv, ecmd = fastdisco_cmd(eval_args(args, sc, arm, seed, protocol, data["train"], data["test"]))
         f = eval_file(rd, protocol)
         if not f.exists():
@@ -215,7 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs/repro", help="run directories go under RUNS/SCALE/ARM/seedN")
     p.add_argument("--name", default="repro_fmnist", help="results file benchmarks/results/NAME.jsonl")
     p.add_argument("--results-dir", default=None, help="default: benchmarks/results")
+    p.add_argument("--evals", nargs="+", default=["knn", "linear", "ssld"], choices=["knn", "linear", "ssld"],
+                   help="only these evaluations (the smoke test runs fewer)")
+    p.add_argument("--inprocess", action="store_true",
+                   help="run the fastdisco commands in this process (tests; the sweep uses subprocesses)")
     args = p.parse_args(argv)
+    global INPROCESS
+    INPROCESS = args.inprocess
     sc = SCALES[args.scale]
 
     dd = Path(args.data_dir)
