@@ -1,0 +1,182 @@
+"""Tables and plots for docs/results.md from benchmarks/results/repro_fmnist.jsonl (issue 8).
+
+    python benchmarks/repro/report.py [--scale cpu]
+
+Rewrites the part of docs/results.md between the `<!-- tables:begin -->` / `<!-- tables:end -->`
+markers (every number there comes from a logged row) and draws docs/img/repro_*.png: training
+curves from each run's metrics.jsonl and bar plots of the mean over seeds with the std as error bar.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent))
+from results_io import read_rows  # noqa: E402
+
+BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
+LABELS = {"mocov2_teacher": "teacher: resnet18 MoCo v2", "supervised_teacher": "teacher: resnet18 supervised",
+          "mocov2": "resnet10t MoCo v2 alone (head 512)", "disco_h512": "resnet10t DisCo, head 512",
+          "disco_h2048": "resnet10t DisCo, head 2048", "ssld_symkl": "resnet10t SSLD (sym. KL, no labels)",
+          "labels_only": "resnet10t labels only (CE)"}
+ORDER = list(LABELS)
+
+
+def mean_std(xs: list[float]) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return f"{xs[0]:.2f} (1 seed)"
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f} (n={len(xs)})"
+
+
+def latest(rows: list[dict]) -> dict[tuple, dict]:
+    """One row per (arm, seed): the last logged (re-runs append)."""
+    out = {}
+    for r in rows:
+        out[(r["arm"], r["seed"])] = r
+    return out
+
+
+def table(rows: dict, arms: list[str], cols: list[tuple[str, str]]) -> list[str]:
+    head = "| arm | " + " | ".join(c for c, _ in cols) + " | train wall s / run | train img/s | seeds |"
+    lines = [head, "|" + "---|" * (len(cols) + 4)]
+    for arm in arms:
+        rs = [r for (a, _), r in sorted(rows.items()) if a == arm]
+        if not rs:
+            lines.append(f"| {LABELS[arm]} | " + " | ".join("not run" for _ in cols) + " | | | 0 |")
+            continue
+        vals = [mean_std([r["metrics"].get(k) for r in rs]) for _, k in cols]
+        wall = statistics.mean(r["train_wall_s"] for r in rs)
+        ips = statistics.mean(r["images_per_s"] for r in rs if r["images_per_s"])
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        lines.append(f"| {LABELS[arm]} | " + " | ".join(vals) + f" | {wall:.0f} | {ips:.0f} | {seeds} |")
+    return lines
+
+
+def commands(rows: dict) -> list[str]:
+    out = ["```"]
+    seen = set()
+    for arm in ORDER:
+        for (a, s), r in sorted(rows.items()):
+            if a != arm:
+                continue
+            for c in r["command"]["prepare"]:
+                if c not in seen:
+                    seen.add(c)
+                    out.insert(1, c)
+            out.append(f"# {arm}, seed {s}")
+            out.append(r["command"]["train"])
+            out += list(r["command"]["eval"].values())
+    return out + ["```"]
+
+
+def curves(rows: dict, img: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    for name, arms, key in (("disco", ["mocov2_teacher", "mocov2", "disco_h512", "disco_h2048"], "infonce"),
+                            ("ssld", ["supervised_teacher", "ssld_symkl", "labels_only"], "loss")):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for i, arm in enumerate(arms):
+            for (a, s), r in sorted(rows.items()):
+                if a != arm:
+                    continue
+                mp = Path(r["run_dir"]) / "metrics.jsonl"
+                if not mp.exists():
+                    continue
+                m = [json.loads(x) for x in mp.read_text().splitlines() if x.strip()]
+                bs = r["steps"] and (r["epochs_seen"] * r["train_images"] / r["steps"])
+                ax.plot([x["step"] * bs / r["train_images"] for x in m], [x.get(key, x["loss"]) for x in m],
+                        color=f"C{i}", alpha=0.8, label=f"{arm}" if s == min(ss for (aa, ss) in rows if aa == arm) else None)
+        ax.set_xlabel("epochs (passes over the train subset)")
+        ax.set_ylabel("InfoNCE term" if key == "infonce" else "training loss (CE / sym. KL)")
+        ax.set_title(f"{name}: training curves, every seed (reduced-scale CPU run)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = img / f"repro_{name}_curves.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        made.append(out.name)
+    # bar plot: headline metric per arm
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (arms, key, title) in zip(axes, ((["mocov2_teacher", "mocov2", "disco_h512", "disco_h2048"], "knn_top1",
+                                              "kNN top-1 on the test subset"),
+                                             (["supervised_teacher", "ssld_symkl", "labels_only"], "top1",
+                                              "classifier top-1 on the test subset"))):
+        ms, ss, names = [], [], []
+        for arm in arms:
+            xs = [r["metrics"].get(key) for (a, _), r in rows.items() if a == arm]
+            xs = [x for x in xs if x is not None]
+            if xs:
+                names.append(arm)
+                ms.append(statistics.mean(xs))
+                ss.append(statistics.stdev(xs) if len(xs) > 1 else 0.0)
+        ax.bar(names, ms, yerr=ss, capsize=4, color=[f"C{i}" for i in range(len(names))])
+        lo = min(ms) - 10 if ms else 0
+        ax.set_ylim(max(0, lo), 100)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.suptitle("mean ± std over seeds (reduced-scale CPU run)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(img / "repro_bars.png", dpi=110)
+    plt.close(fig)
+    return made + ["repro_bars.png"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", default="cpu")
+    p.add_argument("--name", default="repro_fmnist")
+    p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument("--results-dir", default=None, help="default: benchmarks/results")
+    p.add_argument("--img-dir", default=str(ROOT / "docs" / "img"))
+    args = p.parse_args(argv)
+    rows = latest([r for r in read_rows(args.name, args.results_dir) if r.get("scale") == args.scale])
+    if not rows:
+        raise SystemExit(f"no rows for scale {args.scale} in benchmarks/results/{args.name}.jsonl")
+    any_row = next(iter(rows.values()))
+    img = Path(args.img_dir)
+    img.mkdir(parents=True, exist_ok=True)
+    pngs = curves(rows, img)
+    ep = {("teachers" if r["experiment"] == "teacher" else "students"): r["epochs_seen"] for r in rows.values()}
+    bs = {round(r["epochs_seen"] * r["train_images"] / r["steps"]) for r in rows.values() if r["steps"]}
+    scale = (f"*Reduced-scale CPU run ({args.scale}): Fashion-MNIST, {any_row['train_images']} train / "
+             f"{any_row['test_images']} test images, {any_row['resolution']} px, "
+             + ", ".join(f"{k} {v:.1f} epochs" for k, v in sorted(ep.items()))
+             + f", batch {'/'.join(map(str, sorted(bs)))}, 2 shared CPU cores. Top-1 in %, mean ± sample std "
+             "over the seeds listed.*")
+    lines = [BEGIN, "", scale, "", "### Teachers and DisCo students (weighted kNN and fast linear probe on the test subset)",
+             ""]
+    lines += table(rows, ["mocov2_teacher", "mocov2", "disco_h512", "disco_h2048"],
+                   [("kNN top-1", "knn_top1"), ("linear top-1", "linear_top1")])
+    lines += ["", "### SSLD (the student's own classifier on the test subset)", ""]
+    lines += table(rows, ["supervised_teacher", "ssld_symkl", "labels_only"],
+                   [("top-1", "top1"), ("agreement with teacher top-1", "agreement_top1")])
+    lines += ["", "Per-run rows (with provenance) are in `benchmarks/results/repro_fmnist.jsonl`.", "",
+              "### The commands behind every row", ""]
+    lines += [f"The whole sweep: `nice python benchmarks/repro/run_fmnist.py --scale {args.scale} --seeds 0 1 2` "
+              f"(resumable), then `python benchmarks/repro/report.py --scale {args.scale}` for these tables. "
+              "Each row's own commands:", ""]
+    lines += commands(rows)
+    lines += ["", *[f"![{p}](img/{p})" for p in pngs], "", END]
+    doc = Path(args.doc)
+    text = doc.read_text() if doc.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
+    a, b = text.index(BEGIN), text.index(END) + len(END)
+    doc.write_text(text[:a] + "\n".join(lines) + text[b:])
+    print(f"wrote {doc} and {', '.join(pngs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
