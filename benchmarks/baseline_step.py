@@ -34,6 +34,15 @@ def baseline_config(cfg: Config) -> Config:
     return base
 
 
+def official_backend_flags() -> None:
+    """PyTorch's default numerics for fp32 code (matmuls in full fp32; cuDNN convolutions may use
+    TF32), which the official code runs with; fastdisco's set-up turns TF32 matmuls on, so reset
+    them after build_setup. cudnn.benchmark stays on: that only favours the baseline."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+
 def official_batches(loader, device: torch.device):
     """Endless Batches from the official DataLoader ((views, labels) tuples), moved to the
     device per view as the official training loop does; epochs restart transparently."""

@@ -197,10 +197,9 @@ def profile_calls(fn: Callable[[], object], device: torch.device, steps: int, tr
             fn()
         sync(device)
     prof.export_chrome_trace(trace_path)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    avgs = prof.key_averages()
-    table = avgs.table(sort_by=key, row_limit=row_limit)
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    avgs = prof.key_averages()
+    table = avgs.table(sort_by=attr, row_limit=row_limit)
     top = sorted(avgs, key=lambda e: getattr(e, attr, 0.0), reverse=True)[:row_limit]
     rows = [{"name": e.key, "self_ms": round(getattr(e, attr, 0.0) / 1e3 / steps, 4), "calls": e.count // steps}
             for e in top]

@@ -38,7 +38,8 @@ python benchmarks/throughput.py --mode model --batch 256 --profile
 python benchmarks/bench_losses.py --plot      # the fused loss kernels
 python benchmarks/report.py                   # rebuild this page
 ```
-Without PREPARED / JPEG_FOLDERS, `--synthetic 4096` makes 500x375 JPEGs and prepares them first."""
+Without PREPARED / JPEG_FOLDERS, `--synthetic 4096` makes 500x375 JPEGs and prepares them first.
+Where DALI is not installed use `--backend torch` (its `crop_on=auto` crops on the GPU)."""
 
 
 # --------------------------------------------------------------------------- helpers

@@ -72,7 +72,10 @@ def make_synthetic(root: Path, n: int) -> tuple[Path, Path]:
     classes = 4
     src = write_synthetic_folder(root / "src", num_classes=classes, per_class=max(1, n // classes),
                                  size=(375, 500), ext="jpg")
-    prepare_dataset(src, root / "prepared", workers=2, max_side=512, quality=90)
+    import importlib.util
+
+    formats = ("ffcv", "dali") if importlib.util.find_spec("ffcv") else ("dali",)  # the GPU machine lacks ffcv
+    prepare_dataset(src, root / "prepared", formats=formats, workers=2, max_side=512, quality=90)
     return src, root / "prepared"
 
 
@@ -201,6 +204,18 @@ def bench_config(args, device):
     return cfg
 
 
+def _free() -> None:
+    """Let the previous sub-run's models, loader workers and cached GPU memory go first, so
+    they neither compete for CPU cores nor count in the next peak-memory figure."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _describe(cfg, device, args, mode: str, impl: str, backend: str | None) -> dict:
     import torch
 
@@ -212,6 +227,7 @@ def _describe(cfg, device, args, mode: str, impl: str, backend: str | None) -> d
                student=cfg.model.student, resolution=cfg.data.resolution, batch=cfg.data.batch_size,
                backend=backend, workers=cfg.data.num_workers if backend else None,
                precision=cfg.train.precision, compile=cfg.train.compile, loss_impl=cfg.method.loss_impl,
+               loss_kernel=_loss_kernel(cfg.method.loss_impl, device),
                channels_last=cfg.train.channels_last, fused_optim=cfg.optim.fused,
                queue_size=cfg.method.queue_size, device=str(device), device_name=name,
                timer="cuda_events" if device.type == "cuda" else "wall", warmup=args.warmup, steps=args.steps,
@@ -219,6 +235,15 @@ def _describe(cfg, device, args, mode: str, impl: str, backend: str | None) -> d
     if device.type == "cpu":
         row["note"] = cpu_note()
     return row
+
+
+def _loss_kernel(impl: str, device) -> str:
+    """What fastdisco.kernels' dispatch will run: "triton" (fused) or "torch" (reference)."""
+    import importlib.util
+
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and importlib.util.find_spec("triton") else "torch"
+    return impl
 
 
 def _measure(args, setup, fn, batch, row: dict, loading=None) -> dict:
@@ -275,15 +300,18 @@ def _report(row: dict) -> None:
 
 
 def _run_model(args, impl: str) -> dict:
-    from baseline_step import baseline_config
+    from baseline_step import baseline_config, official_backend_flags
     from bench_step import build_setup, synthetic_batch, train_step
     from fastdisco.methods import METHODS
 
+    _free()
     device = _device(args)
     cfg = bench_config(args, device)
     if impl == "baseline":
         cfg = baseline_config(cfg)
     setup = build_setup(cfg, device)
+    if impl == "baseline":
+        official_backend_flags()
     batch = synthetic_batch(setup, cfg.data.batch_size, cfg.data.resolution, METHODS[cfg.method.name].num_views)
     row = _measure(args, setup, lambda: train_step(setup, batch), batch, _describe(cfg, device, args, "model", impl, None))
     _report(row)
@@ -293,11 +321,12 @@ def _run_model(args, impl: str) -> dict:
 def _run_step(args, impl: str) -> dict | None:
     import torch
 
-    from baseline_step import BASELINE_BACKEND, baseline_config, official_batches
+    from baseline_step import BASELINE_BACKEND, baseline_config, official_backend_flags, official_batches
     from bench_step import build_setup, train_step
     from fastdisco.data.loader import make_loader
     from fastdisco.methods import METHODS
 
+    _free()
     device = _device(args)
     src, data = dataset(args)
     cfg = bench_config(args, device)
@@ -307,6 +336,7 @@ def _run_step(args, impl: str) -> dict | None:
             return None
         cfg = baseline_config(cfg)
         setup = build_setup(cfg, device)
+        official_backend_flags()
         dl = official_baseline_loader(src, cfg.data.batch_size, cfg.data.num_workers, cfg.data.resolution,
                                       views=METHODS[cfg.method.name].num_views, pin_memory=device.type == "cuda")
         batches, backend = official_batches(dl, device), BASELINE_BACKEND
@@ -329,7 +359,6 @@ def _run_step(args, impl: str) -> dict | None:
                 state["it"] = iter(loader)
                 return next(state["it"])
     first = next_batch()
-    torch.manual_seed(0)
     row = _describe(cfg, device, args, "step", impl, backend)
     row = _measure(args, setup, lambda: train_step(setup, next_batch()), first, row, loading=next_batch)
     _report(row)
@@ -369,13 +398,14 @@ def run_baseline(args) -> list[dict]:
 
 
 def run_all(args) -> list[dict]:
-    rows = run_loader(args)
     steps = [_run_model(args, "fastdisco"), _run_step(args, "fastdisco")]
     if args.baseline:
         steps += [_run_model(args, "baseline"), _run_step(args, "baseline")]
     steps = [r for r in steps if r]
     _ratios(steps)
-    return rows + steps
+    # The loader comparison last: loaders of several backends leave thread pools behind (ffcv's
+    # numba/OpenMP threads, DALI's) that would otherwise compete with the timed training steps.
+    return run_loader(args) + steps
 
 
 MODES = {"loader": run_loader, "model": run_model, "step": run_step, "baseline": run_baseline, "all": run_all}

@@ -78,6 +78,7 @@ def test_all_modes_write_rows(all_results):
             assert f in r, f
         assert r["images_per_s"] > 0 and r["step_ms_mean"] > 0 and r["step_ms_median"] > 0
         assert r["timer"] == "wall" and "CPU" in r["note"] and r["peak_mem_mib"] is None  # CPU rows say so
+        assert r["loss_kernel"] == "torch"  # no fused kernels without CUDA
         _check_provenance(r)
     assert len({r["run_id"] for r in rows}) == 1  # one invocation: the ratios are side by side
     fd_step, base_step = steps[("step", "fastdisco")], steps[("step", "baseline")]
@@ -199,3 +200,20 @@ def test_report_builds_readme_with_tables(all_results, tmp_path):
     assert "infonce" in text and "prepare_dali" in text
     assert (fd["provenance"]["git"]["commit"] or "")[:7] in text
     assert list((tmp_path / "png").glob("*.png"))
+
+
+@pytest.mark.gpu
+def test_model_mode_on_gpu_compiled_fused(tmp_path):
+    """On CUDA: compiled bf16 step with the fused losses, CUDA-event timing, peak memory, FLOP
+    share of the bf16 peak, the per-part breakdown, and the baseline beside it."""
+    res = tmp_path / "results"
+    rc = _run(["--mode", "model", "--device", "cuda", "--batch", "64", "--resolution", "64", "--teacher", "resnet18",
+               "--student", "resnet18", "--steps", "3", "--warmup", "3", "--results-dir", str(res),
+               "--set", "method.queue_size=1024"])
+    assert rc == 0
+    rows = {r["impl"]: r for r in _rows(res)}
+    fd, base = rows["fastdisco"], rows["baseline"]
+    assert fd["timer"] == "cuda_events" and fd["compile"] and fd["loss_kernel"] == "triton"
+    assert fd["peak_mem_mib"] > 0 and fd["gflop_per_step"] > 0 and fd["breakdown_ms"]["teacher"] > 0
+    assert fd["peak_share"] is None or 0 < fd["peak_share"] < 1
+    assert base["precision"] == "fp32" and not base["compile"] and fd["vs_baseline"] > 0
