@@ -251,21 +251,32 @@ def host_params(params: dict[str, Tensor]) -> dict[str, list]:
     return {k: v.tolist() for k, v in params.items()}
 
 
-def crop_one(img: Tensor, p: dict[str, list], i: int, resolution: int, antialias: bool = True) -> Tensor:
-    """Geometry of sample i of a view on its uint8 image [3, H, W] (any padding beyond the
-    image's own size is ignored) -> float [1, 3, res, res] in [0, 255]. Same calls as crop_view."""
+def crop_one(img: Tensor, p: dict[str, list], i: int, resolution: int, antialias: bool = True,
+             u8: bool = False) -> Tensor:
+    """Geometry of sample i of a view on its uint8 image [3, H, W] (any layout; padding beyond the
+    image's own size is ignored) -> float [1, 3, res, res] in [0, 255]. Same calls as crop_view.
+
+    u8=True resizes in uint8, as dali and ffcv deliver their crops: torch's uint8 antialiased
+    kernel (fixed point, about 3x faster than the float one on the CPU) is within 1 level of
+    rounding the float result; without antialias the float result is rounded."""
     t, l, h, w = (int(round(v)) for v in p["crop"][i])
     if "resize" in p:  # eval: resize the whole image, then center crop
         H, W = (int(v) for v in p["src_size"][i])
         rh, rw = (int(v) for v in p["resize"][i])
-        x = F.interpolate(img[None, :, :H, :W].float(), size=(rh, rw), mode="bilinear", align_corners=False,
-                          antialias=antialias)
-        return x[:, :, t : t + h, l : l + w]
-    crop = img[None, :, t : t + h, l : l + w].float()
-    if antialias:
-        return F.interpolate(crop, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
-    box = torch.tensor([[float(t), float(l), float(h), float(w)]])
-    return ops.resized_crop_grid(img[None, :, : t + h, : l + w], box, resolution)
+        src = img[None, :, :H, :W]
+        x = F.interpolate(src if u8 and antialias else src.float(), size=(rh, rw), mode="bilinear",
+                          align_corners=False, antialias=antialias)
+        x = x[:, :, t : t + h, l : l + w]
+    elif antialias:
+        crop = img[None, :, t : t + h, l : l + w]
+        x = F.interpolate(crop if u8 else crop.float(), size=(resolution, resolution), mode="bilinear",
+                          align_corners=False, antialias=True)
+    else:
+        box = torch.tensor([[float(t), float(l), float(h), float(w)]])
+        x = ops.resized_crop_grid(img[None, :, : t + h, : l + w], box, resolution)
+    if x.dtype == torch.uint8:
+        return x.float()
+    return x.clamp_(0.0, 255.0).round_() if u8 else x
 
 
 def color_one(x: Tensor, p: dict[str, list], i: int, resolution: int) -> Tensor:
@@ -292,12 +303,24 @@ def _finish_into(out: Tensor, i: int, x: Tensor, p: dict[str, list], resolution:
     """float [1, 3, res, res] in [0, 255] -> colour ops -> normalised, written to out[i]."""
     x = x.clamp(0.0, 255.0).div_(255.0)
     x = color_one(x, p, i, resolution)
-    out[i].copy_(torch.addcmul(norm[1], x, norm[0])[0])  # converts dtype and layout in one copy
+    torch.addcmul(norm[1], x, norm[0], out=out[i : i + 1])  # normalise, cast and change layout in one pass
 
 
 def _empty_views(n: int, b: int, resolution: int, dtype: torch.dtype, channels_last: bool) -> list[Tensor]:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return [torch.empty(b, 3, resolution, resolution, dtype=dtype).contiguous(memory_format=fmt) for _ in range(n)]
+    """n output batches [b, 3, res, res]; in a DataLoader worker they live in shared memory from
+    the start (as default_collate does), so handing them to the main process copies nothing."""
+    shape = (b, 3, resolution, resolution)
+    hw = resolution * resolution
+    stride = (3 * hw, 1, 3 * resolution, 3) if channels_last else (3 * hw, hw, resolution, 1)
+    shared = torch.utils.data.get_worker_info() is not None
+    out = []
+    for _ in range(n):
+        if shared:
+            st = torch.UntypedStorage._new_shared(b * 3 * hw * dtype.itemsize)
+            out.append(torch.empty(0, dtype=dtype).set_(st, 0, shape, stride))
+        else:
+            out.append(torch.empty_strided(shape, stride, dtype=dtype))
+    return out
 
 
 def finish_cpu(cropped: Tensor, params: dict[str, Tensor], resolution: int, dtype: torch.dtype,
@@ -315,16 +338,17 @@ def finish_cpu(cropped: Tensor, params: dict[str, Tensor], resolution: int, dtyp
 
 
 def augment_cpu(imgs: Sequence[Tensor], params: list[dict[str, Tensor]], resolution: int, dtype: torch.dtype,
-                channels_last: bool = True, antialias: bool = True, run=None) -> list[Tensor]:
+                channels_last: bool = True, antialias: bool = True, run=None, crop_u8: bool = False) -> list[Tensor]:
     """CPU path of the whole pipeline: uint8 images [3, H, W] (a list, or a padded batch) -> views.
-    Each image goes through every view (crop, colour ops, normalisation) while in cache."""
+    Each image goes through every view (crop, colour ops, normalisation) while in cache.
+    crop_u8: crop + resize in uint8 (crop_one); the torch loader's CPU path."""
     ps = [host_params(p) for p in params]
     outs = _empty_views(len(params), len(imgs), resolution, dtype, channels_last)
     norm = _norm_consts(torch.device("cpu"))
 
     def one(i: int) -> None:
         for p, out in zip(ps, outs):
-            _finish_into(out, i, crop_one(imgs[i], p, i, resolution, antialias), p, resolution, norm)
+            _finish_into(out, i, crop_one(imgs[i], p, i, resolution, antialias, crop_u8), p, resolution, norm)
 
     (run or _run_inline)(one, len(imgs))
     return outs
@@ -419,11 +443,12 @@ class GpuAugment:
 
 
 def apply_view(imgs: Tensor, params: dict[str, Tensor], resolution: int, dtype: torch.dtype = torch.float32,
-               channels_last: bool = True, antialias: bool = True) -> Tensor:
-    """Replay one view exactly from its params (as returned in Batch.params)."""
+               channels_last: bool = True, antialias: bool = True, crop_u8: bool = False) -> Tensor:
+    """Replay one view exactly from its params (as returned in Batch.params). A view of the
+    torch backend on a CPU device is replayed with crop_u8=True (it crops in uint8)."""
     p = {k: v.cpu() for k, v in params.items()}
     if imgs.device.type == "cpu":
-        return augment_cpu(imgs, [p], resolution, dtype, channels_last, antialias)[0]
+        return augment_cpu(imgs, [p], resolution, dtype, channels_last, antialias, crop_u8=crop_u8)[0]
     x = crop_view(imgs, p, resolution, antialias).clamp(0.0, 255.0).div_(255.0)
     x = color_view(x, p, resolution)
     return normalize(x, dtype, channels_last)

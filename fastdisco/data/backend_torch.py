@@ -6,7 +6,8 @@ decodes them with PIL, draws the batch's augmentation params from the batch's ow
 (they need the image sizes), and then, by where the work pays:
   * CPU training device (crop_on auto / worker): the whole augmentation, image by image
     (augment.augment_cpu), so N workers use N cores and the main process only hands the
-    finished views over;
+    finished views over. The crop is resized in uint8 (as dali and ffcv deliver it; within
+    1 level of the float resize): replay such a view with apply_view(..., crop_u8=True);
   * CUDA, crop_on=worker: crops + resizes on the CPU, small uint8 views cross to the device,
     colour ops, blur, flip and normalisation run batched there (augment.GpuAugment.finish);
   * crop_on=device: the zero-padded uint8 images cross, everything runs on the device.
@@ -33,12 +34,11 @@ def decode_rgb(data: bytes) -> torch.Tensor:
 
     with Image.open(io.BytesIO(data)) as im:
         arr = np.asarray(im.convert("RGB"))
-    # one copy into planar [3, H, W] (the crop + resize reads planes about 1.4x faster than
-    # HWC); `arr` is read-only (Pillow's buffer) and only read here, hence no warning
+    # no copy: a [3, H, W] view of the HWC pixels, the layout torch's uint8 resize is fastest on.
+    # `arr` is read-only (Pillow's buffer) and is only ever read, hence no warning
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        hwc = torch.from_numpy(arr)
-    return hwc.permute(2, 0, 1).contiguous()
+        return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def pad_stack(imgs: list[torch.Tensor]) -> torch.Tensor:
@@ -78,12 +78,13 @@ class _EpochBatches(Dataset):
         # main process spreads them over its augmentation threads
         run = aug.cpu if torch.utils.data.get_worker_info() is None else None
         if self.mode == "finish":
-            payload = A.augment_cpu(imgs, params, aug.resolution, aug.dtype, aug.channels_last, aug.antialias, run)
+            payload = A.augment_cpu(imgs, params, aug.resolution, aug.dtype, aug.channels_last, aug.antialias, run,
+                                    crop_u8=True)
         elif self.mode == "crop":
             payload = []
             for hp in map(A.host_params, params):  # image by image: no padded batch on the CPU
-                crops = torch.cat([A.crop_one(im, hp, n, aug.resolution, aug.antialias) for n, im in enumerate(imgs)])
-                payload.append(crops.clamp_(0, 255).round_().to(torch.uint8))
+                crops = [A.crop_one(im, hp, n, aug.resolution, aug.antialias, u8=True) for n, im in enumerate(imgs)]
+                payload.append(torch.cat(crops).to(torch.uint8))
         else:
             payload = pad_stack(imgs)
         return payload, params, labels, torch.from_numpy(ids.copy()), torch.from_numpy(self.valid[b].copy())
@@ -114,8 +115,11 @@ class TorchLoader(BaseLoader):
                 cropped = payload
             else:
                 imgs = payload.to(self.device, non_blocking=nb)
-                if not nb:  # CPU: crop, colour ops and normalisation image by image
-                    yield self._finished_batch(self.augment(imgs, params), params, labels, ids, val)
+                if not nb:  # CPU: crop, colour ops and normalisation image by image, as in a worker
+                    a = self.augment
+                    views = A.augment_cpu(imgs, params, a.resolution, a.dtype, a.channels_last, a.antialias, a.cpu,
+                                          crop_u8=True)
+                    yield self._finished_batch(views, params, labels, ids, val)
                     continue
                 cropped = [A.crop_view(imgs, p, self.cfg.resolution, self.cfg.antialias) for p in params]
             yield self._to_batch(cropped, params, labels, ids, val)
