@@ -105,6 +105,19 @@ def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")[:60]
 
 
+CONFIG_KEYS = ("mode", "impl", "method", "teacher", "student", "resolution", "batch", "backend", "workers",
+               "precision", "compile", "loss_impl", "channels_last")
+
+
+def spread(rows: list[dict]) -> float | None:
+    """Largest max/min images/s over runs of the same configuration (None if none repeats)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in CONFIG_KEYS), []).append(r["images_per_s"])
+    ratios = [max(v) / min(v) for v in groups.values() if len(v) > 1 and min(v) > 0]
+    return max(ratios) if ratios else None
+
+
 # --------------------------------------------------------------------------- tables
 def step_section(rows: list[dict]) -> list[str]:
     out = ["## Training step: model-only ceiling and full step, beside the official-DisCo baseline", "",
@@ -117,6 +130,9 @@ def step_section(rows: list[dict]) -> list[str]:
            "compile", "loss", "ch-last", "images/s", "ms/step", "vs baseline", "vs model", "peak MiB",
            "% bf16 peak", "commit", "date"]
     for label, rs in by_device(rows).items():
+        worst = spread(rs)
+        note = ([f"Identical configurations measured in different runs here differ by up to {worst:.1f}x in "
+                 "images/s: treat single rows as rough.", ""] if worst and worst > 1.0 else [])
         body = []
         for r in rs:
             pair = f"{r.get('teacher') or '–'} → {r.get('student')}"
@@ -126,7 +142,7 @@ def step_section(rows: list[dict]) -> list[str]:
                          r.get("loss_impl"), r.get("channels_last"), r.get("images_per_s"), r.get("step_ms_median"),
                          ratio(r.get("vs_baseline")), ratio(r.get("vs_model")), r.get("peak_mem_mib"),
                          share or "–", commit(r), date(r)])
-        out += [device_heading(label), ""] + table(hdr, body) + [""]
+        out += [device_heading(label), ""] + note + table(hdr, body) + [""]
     parts = [r for r in rows if r.get("breakdown_ms")]
     if parts:
         out += ["### Where the step's time goes", "",
@@ -289,7 +305,11 @@ def build(results_dir: Path, out: Path, plots_dir: Path) -> str:
         lines += ["**All rows so far come from a CPU machine (2 cores shared with other jobs).** They exercise the "
                   "scripts and give side-by-side ratios measured in one run; they say nothing about GPU speed. "
                   "The GPU targets (DisCo ResNet-50 → EfficientNet-B0, 224 px, bf16: full step ≥ 3x the "
-                  "official-DisCo baseline and within 5% of model-only) have not been measured yet.", ""]
+                  "official-DisCo baseline and within 5% of model-only) have not been measured yet.", "",
+                  "Known CPU artefact: in `--mode all` the first set-up built in the process (fastdisco `model`) "
+                  "ran 2-3x slower than the later ones (its teacher sub-run alone ~9x), in both runs so far; a "
+                  "standalone `--mode step` run was as slow. Not yet explained (oneDNN bf16 warm-up is a "
+                  "suspect), so the CPU `model` ratios and `vs model` are not meaningful.", ""]
     lines += ["## To run on a GPU", "", GPU_COMMANDS, ""]
     lines += step_section(steps) + loader_section(loaders) + losses_section(losses) + prepare_section(prep)
     if pngs:
