@@ -236,7 +236,8 @@ def plots(tp: list[dict], losses: list[dict], plots_dir: Path) -> list[Path]:
                 shown += _latest_run(kr)
         if not shown:
             continue
-        names = [f"{r['mode']}: {r.get('impl', 'fastdisco')} / {r.get('backend') or 'synthetic'}" for r in shown]
+        names = [f"loader: {r.get('backend')}" if r["mode"] == "loader" else
+                 f"{r['mode']}: {r.get('impl')} / {r.get('backend') or 'synthetic'}" for r in shown]
         vals = [r["images_per_s"] for r in shown]
         colors = ["tab:gray" if r.get("impl") == "baseline" or r.get("backend") == "official_disco_torchvision"
                   else "tab:blue" for r in shown]
