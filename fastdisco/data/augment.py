@@ -385,7 +385,7 @@ class CpuPool:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fastdisco-aug",
                                                 initializer=torch.set_num_threads, initargs=(1,))
-        # contiguous chunks, one per thread: fewer hand-offs than one task per image
+        # strided chunks, one per thread: fewer hand-offs than one task per image
         chunks = [range(k, n, self.threads) for k in range(self.threads)]
         # grad / inference mode is thread-local: run the chunks in the caller's, so outputs made
         # under the caller's inference_mode (eval feature extraction) may be written in place
@@ -396,8 +396,11 @@ class CpuPool:
                 for i in c:
                     fn(i)
 
+        caller_threads = torch.get_num_threads()
         for f in [self._pool.submit(chunk, c) for c in chunks]:
             f.result()
+        if torch.get_num_threads() != caller_threads:  # a torch build whose thread count is global
+            torch.set_num_threads(caller_threads)
 
     def __getstate__(self):
         return {"threads": self.threads}
