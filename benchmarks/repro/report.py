@@ -87,7 +87,9 @@ def curves(rows: dict, img: Path) -> list[str]:
     made = []
     for name, arms, key in (("disco", ["mocov2_teacher", "mocov2", "disco_h512", "disco_h2048"], "infonce"),
                             ("ssld", ["supervised_teacher", "ssld_symkl", "labels_only"], "loss")):
-        fig, ax = plt.subplots(figsize=(6.5, 4))
+        fig, axes = plt.subplots(1, 2 if name == "disco" else 1, figsize=(11 if name == "disco" else 6.5, 4),
+                                 squeeze=False)
+        ax, ax2 = axes[0][0], (axes[0][1] if name == "disco" else None)
         for i, arm in enumerate(arms):
             for (a, s), r in sorted(rows.items()):
                 if a != arm:
@@ -99,10 +101,20 @@ def curves(rows: dict, img: Path) -> list[str]:
                 bs = r["steps"] and (r["epochs_seen"] * r["train_images"] / r["steps"])
                 ax.plot([x["step"] * bs / r["train_images"] for x in m], [x.get(key, x["loss"]) for x in m],
                         color=f"C{i}", alpha=0.8, label=f"{arm}" if s == min(ss for (aa, ss) in rows if aa == arm) else None)
+                if ax2 is not None and "distill_v0" in m[0]:  # DisCo: per-view 2 - 2cos(student, teacher)
+                    ax2.plot([x["step"] * bs / r["train_images"] for x in m],
+                             [x["distill_v0"] + x["distill_v1"] for x in m], color=f"C{i}", alpha=0.8,
+                             label=f"{arm}" if s == min(ss for (aa, ss) in rows if aa == arm) else None)
         ax.set_xlabel("epochs (passes over the train subset)")
         ax.set_ylabel("InfoNCE term" if key == "infonce" else "training loss (CE / sym. KL)")
         ax.set_title(f"{name}: training curves, every seed (reduced-scale CPU run)")
         ax.legend(fontsize=8)
+        if ax2 is not None:
+            ax2.set_yscale("log")
+            ax2.set_xlabel("epochs (passes over the train subset)")
+            ax2.set_ylabel("distillation terms, sum of both views (2 - 2cos)")
+            ax2.set_title("DisCo: student-teacher embedding distance", fontsize=10)
+            ax2.legend(fontsize=8)
         fig.tight_layout()
         out = img / f"repro_{name}_curves.png"
         fig.savefig(out, dpi=110)
