@@ -152,6 +152,35 @@ def test_deterministic_and_resumable(prepared, backend):
     assert not torch.equal(other.indices, full[0].indices)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_torch_loader_reads_ahead_across_epochs_and_restarts_on_jumps(prepared, workers):
+    """One TorchLoader serves many passes (its workers read on into the next epoch); every pass,
+    continued or jumped to, must equal a fresh loader's pass at that position."""
+    cfg = cfg_for(prepared, "torch", num_workers=workers)
+
+    def fresh(epoch, batch=0, limit=None):
+        ld = make_loader(cfg)
+        ld.load_state_dict({"epoch": epoch, "batch": batch})
+        return collect(ld, limit)
+
+    def same(xs, ys):
+        assert len(xs) == len(ys) > 0
+        for a, b in zip(xs, ys):
+            assert torch.equal(a.indices, b.indices)
+            assert all(torch.equal(u, v) for u, v in zip(a.views, b.views))
+
+    ld = make_loader(cfg)
+    same(collect(ld), fresh(0))            # epoch 0
+    same(collect(ld), fresh(1))            # continues into epoch 1 (state moved on by itself)
+    ld.set_epoch(2)
+    same(collect(ld, limit=2), fresh(2, limit=2))  # interrupted after 2 batches ...
+    same(collect(ld), fresh(2, batch=2))   # ... and continued from batch 2
+    ld.set_epoch(7)                        # a jump: the read-ahead of epoch 3 is discarded
+    same(collect(ld, limit=1), fresh(7, limit=1))
+    ld.load_state_dict({"epoch": 4, "batch": 3})
+    same(collect(ld), fresh(4, batch=3))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ddp_ranks_disjoint_equal_counts(prepared, backend):
     if not _have(backend):

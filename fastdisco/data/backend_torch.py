@@ -1,7 +1,8 @@
 """`torch` backend: a plain DataLoader with PIL decoding over the webdataset shards.
 
 Each DataLoader item is one whole batch of this rank's epoch plan (so order, sharding and
-resume are exactly those of fastdisco.data.loader). A worker reads the JPEGs by offset,
+resume are exactly those of fastdisco.data.loader), keyed by (epoch, batch) so that one
+DataLoader and its workers live across epochs. A worker reads the JPEGs by offset,
 decodes them with PIL, draws the batch's augmentation params from the batch's own generator
 (they need the image sizes), and then, by where the work pays:
   * CPU training device (crop_on auto / worker): the whole augmentation, image by image
@@ -15,16 +16,17 @@ No extra dependency: this is also the reference backend.
 """
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fastdisco.data import augment as A
-from fastdisco.data.loader import Batch, BaseLoader
+from fastdisco.data.loader import Batch, BaseLoader, rank_plan
 from fastdisco.data.wds_reader import SampleReader, ShardIndex
 
 
@@ -51,27 +53,33 @@ def pad_stack(imgs: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-class _EpochBatches(Dataset):
-    """Item k = batch (start + k) of one epoch of one rank: decoded, params drawn, then `mode`:
-    "finish" (whole augmentation: finished views), "crop" (uint8 crops) or "none" (padded images)."""
+class _PlanBatches(Dataset):
+    """Item (epoch, b) = batch b of that epoch of this rank: decoded, params drawn, then `mode`:
+    "finish" (whole augmentation: finished views), "crop" (uint8 crops) or "none" (padded images).
 
-    def __init__(self, reader: SampleReader, idx: np.ndarray, valid: np.ndarray, start: int, epoch: int,
-                 seed: int, rank: int, augment: A.GpuAugment, mode: str):
-        self.reader, self.idx, self.valid, self.start = reader, idx, valid, start
-        self.epoch, self.seed, self.rank = epoch, seed, rank
+    Keyed by (epoch, batch) rather than built per epoch, so one DataLoader with persistent
+    workers serves every epoch (no fork + warm-up per epoch). A worker recomputes the epoch's
+    plan (loader.rank_plan, deterministic) once per epoch and caches it."""
+
+    def __init__(self, reader: SampleReader, plan, seed: int, rank: int, augment: A.GpuAugment, mode: str):
+        self.reader, self.plan, self.seed, self.rank = reader, plan, seed, rank
         self.augment, self.mode = augment, mode
+        self._cached: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
 
-    def __len__(self) -> int:
-        return len(self.idx) - self.start
+    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self.plan(epoch))
+        return self._cached[1]
 
-    def __getitem__(self, k: int):
-        b = self.start + k
-        ids = self.idx[b]
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, b = key
+        idx, valid = self._plan(epoch)
+        ids = idx[b]
         imgs = [decode_rgb(self.reader.jpeg(int(i))) for i in ids]
         labels = torch.tensor([self.reader.label(int(i)) for i in ids], dtype=torch.int64)
         h = torch.tensor([im.shape[1] for im in imgs])
         w = torch.tensor([im.shape[2] for im in imgs])
-        g = A.make_generator(self.seed, self.epoch, self.rank, b)
+        g = A.make_generator(self.seed, epoch, self.rank, b)
         aug = self.augment
         params = aug.sample(g, h, w)
         # in a worker process (one torch thread each) images run inline; without workers the
@@ -87,7 +95,24 @@ class _EpochBatches(Dataset):
                 payload.append(torch.cat(crops).to(torch.uint8))
         else:
             payload = pad_stack(imgs)
-        return payload, params, labels, torch.from_numpy(ids.copy()), torch.from_numpy(self.valid[b].copy())
+        return payload, params, labels, torch.from_numpy(ids.copy()), torch.from_numpy(valid[b].copy())
+
+
+class _KeysFrom(Sampler):
+    """(epoch, batch) keys from the loader's current start onwards, running on into the next
+    epochs: the workers keep decoding across an epoch boundary instead of idling until the
+    next pass asks (a pass that starts elsewhere, after set_epoch / load_state_dict, restarts)."""
+
+    def __init__(self, loader: "TorchLoader"):
+        self.loader = loader
+
+    def __iter__(self):
+        epoch, b = self.loader._start
+        per_epoch = len(self.loader)
+        while True:
+            for k in range(b, per_epoch):
+                yield epoch, k
+            epoch, b = epoch + 1, 0
 
 
 class TorchLoader(BaseLoader):
@@ -99,15 +124,34 @@ class TorchLoader(BaseLoader):
         on = cfg.crop_on
         cuda = self.device.type == "cuda"
         self.mode = "none" if on == "device" or (on == "auto" and cuda) else ("crop" if cuda else "finish")
+        self._dl: DataLoader | None = None
+        self._it = None                 # the DataLoader's iterator, running ahead of the consumer
+        self._start = (0, 0)            # (epoch, batch) the iterator started at
+        self._next = None               # (epoch, batch) the iterator yields next
+
+    def _dataloader(self) -> DataLoader:
+        """One DataLoader for the loader's life: its workers persist across epochs."""
+        if self._dl is None:
+            # a plain function of the epoch (not this loader) travels to workers under any start method
+            plan = functools.partial(rank_plan, self.num_samples, self.cfg.batch_size, self.world_size, self.rank,
+                                     self.cfg.drop_last, self.cfg.seed, shuffle=self.shuffle)
+            ds = _PlanBatches(self.reader, plan, self.cfg.seed, self.rank, self.augment, self.mode)
+            nw = self.cfg.num_workers
+            self._dl = DataLoader(ds, batch_size=None, sampler=_KeysFrom(self), num_workers=nw,
+                                  pin_memory=self.device.type == "cuda", prefetch_factor=4 if nw > 0 else None,
+                                  persistent_workers=nw > 0)
+        return self._dl
 
     def _batches(self, idx: np.ndarray, valid: np.ndarray, start: int, epoch: int) -> Iterator[Batch]:
-        ds = _EpochBatches(self.reader, idx, valid, start, epoch, self.cfg.seed, self.rank, self.augment, self.mode)
-        nw = self.cfg.num_workers
-        dl = DataLoader(ds, batch_size=None, shuffle=False, num_workers=nw,
-                        pin_memory=self.device.type == "cuda", prefetch_factor=4 if nw > 0 else None,
-                        persistent_workers=False)
+        if self._it is None or self._next != (epoch, start):
+            self._start = (epoch, start)
+            self._it = iter(self._dataloader())
         nb = self.device.type == "cuda"
-        for payload, params, labels, ids, val in dl:
+        for b in range(start, len(idx)):
+            payload, params, labels, ids, val = next(self._it)
+            self._next = (epoch, b + 1) if b + 1 < len(idx) else (epoch + 1, 0)
+            if not np.array_equal(ids.numpy(), idx[b]):  # the workers' plan must be the main process's
+                raise RuntimeError(f"torch loader: batch {b} of epoch {epoch} holds other samples than planned")
             if self.mode == "finish":
                 yield self._finished_batch(payload, params, labels, ids, val)
                 continue
