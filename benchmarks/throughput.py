@@ -19,7 +19,7 @@ loading) in separate sub-runs; --flops counts FLOPs (torch.utils.flop_counter) a
 the GPU's dense bf16 peak (both default on for CUDA).
 
 Examples:
-  python benchmarks/throughput.py --mode loader --synthetic 320 --workers 2 --batch 32
+  python benchmarks/throughput.py --mode loader --synthetic 320 --workers 2 --batch 32   # CPU: 3 rounds
   python benchmarks/throughput.py --mode all --synthetic 2048 --workers 12 --batch 256 \
       --method disco --teacher resnet50 --student efficientnet_b0 --backends dali,torch
   python benchmarks/throughput.py --mode step --synthetic 128 --workers 2 --batch 32 --resolution 64 \
@@ -138,42 +138,79 @@ def _time_epochs(loader, device, epochs: int, set_epoch=None) -> tuple[float, in
     return n / dt, n
 
 
-def run_loader(args) -> list[dict]:
+def _loader_for(be: str, args, data: Path, src: Path | None, device):
+    """A fresh loader of backend `be` (or the official baseline), with its epoch-setting hook."""
     import torch
 
     from fastdisco.config import DataConfig
     from fastdisco.data.loader import make_loader
+
+    if be == OFFICIAL:
+        return official_baseline_loader(src, args.batch, args.workers, args.resolution), None, torch.device("cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cfg = DataConfig(path=str(data), backend=be, recipe="mocov2", resolution=args.resolution,
+                     batch_size=args.batch, num_workers=args.workers, dali_threads=args.workers)
+    ld = make_loader(cfg, device=device, dtype=dtype)
+    return ld, ld.set_epoch, device
+
+
+OFFICIAL = "official_disco_torchvision"
+
+
+def run_loader(args) -> list[dict]:
+    """Each backend and the official pipeline, `--repeats` rounds in rotated order (a fresh loader
+    each time: one warm-up epoch, then `--epochs` timed ones); the median of the rounds is
+    reported, and the ratio to the official pipeline is taken between medians of the same run."""
+    import statistics
+
+    import torch
+
     from fastdisco.errors import FastdiscoError
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     src, data = dataset(args)
-    rows = []
     common = dict(mode="loader", views=2, resolution=args.resolution, batch=args.batch, workers=args.workers,
-                  device=str(device), recipe="mocov2", epochs_timed=args.epochs, run_id=args.run_id)
+                  device=str(device), recipe="mocov2", epochs_timed=args.epochs, repeats=args.repeats,
+                  run_id=args.run_id)
     if device.type == "cpu":
         common["note"] = cpu_note()
-    for be in args.backends.split(","):
-        cfg = DataConfig(path=str(data), backend=be, recipe="mocov2", resolution=args.resolution,
-                         batch_size=args.batch, num_workers=args.workers, dali_threads=args.workers)
-        try:
-            ld = make_loader(cfg, device=device, dtype=dtype)
-        except FastdiscoError as e:
-            print(f"skip {be}: {e}")
+    names = [b for b in args.backends.split(",") if b] + ([OFFICIAL] if src is not None else [])
+    rounds: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
+    for r in range(args.repeats):
+        k = r % len(names)
+        for be in names[k:] + names[:k]:  # rotated: no backend always runs first (or last)
+            if be in rounds and rounds[be] is None:
+                continue
+            try:
+                ld, set_epoch, dev = _loader_for(be, args, data, src, device)
+            except FastdiscoError as e:
+                print(f"skip {be}: {e}")
+                rounds[be] = None
+                continue
+            ips, counts[be] = _time_epochs(ld, dev, args.epochs, set_epoch)
+            del ld  # its workers end before the next backend is timed
+            rounds.setdefault(be, []).append(ips)
+            print(f"round {r + 1}/{args.repeats} {be:>26}: {ips:8.1f} source images/s")
+    rows = []
+    for be in names:
+        if not rounds.get(be):
             continue
-        ips, n = _time_epochs(ld, device, args.epochs, ld.set_epoch)
-        rows.append({**common, "backend": be, "images_per_s": round(ips, 1), "images": n, "data": "prepared"})
-        print(f"{be:>16}: {ips:8.1f} source images/s ({n} images)")
-    if src is not None:
-        dl = official_baseline_loader(src, args.batch, args.workers, args.resolution)
-        ips, n = _time_epochs(dl, torch.device("cpu"), args.epochs)
-        rows.append({**common, "backend": "official_disco_torchvision", "images_per_s": round(ips, 1), "images": n,
-                     "data": "original_jpeg", "device": "cpu"})
-        print(f"{'official DisCo':>16}: {ips:8.1f} source images/s ({n} images)")
-        base = rows[-1]["images_per_s"]
-        for r in rows[:-1]:
-            r["vs_official"] = round(r["images_per_s"] / base, 2)
-            print(f"{r['backend']:>16}: {r['vs_official']:.2f}x official")
+        med = statistics.median(rounds[be])
+        rows.append({**common, "backend": be, "images_per_s": round(med, 1), "images": counts[be],
+                     "rounds_images_per_s": [round(x, 1) for x in rounds[be]],
+                     "data": "original_jpeg" if be == OFFICIAL else "prepared",
+                     **({"device": "cpu"} if be == OFFICIAL else {})})
+    base = next((r for r in rows if r["backend"] == OFFICIAL), None)
+    print(f"median of {args.repeats} rounds:")
+    for r in rows:
+        if base is not None and r is not base:
+            r["vs_official"] = round(r["images_per_s"] / base["images_per_s"], 2)
+            per_round = [x / y for x, y in zip(r["rounds_images_per_s"], base["rounds_images_per_s"])]
+            r["vs_official_min_round"] = round(min(per_round), 2)
+        extra = f"  {r['vs_official']:.2f}x official (worst round {r['vs_official_min_round']:.2f}x)" \
+            if "vs_official" in r else ""
+        print(f"{r['backend']:>26}: {r['images_per_s']:8.1f} source images/s{extra}")
     return rows
 
 
@@ -425,7 +462,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64, help="per-device batch (source images)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("--epochs", type=int, default=1, help="loader mode: timed epochs after one warm-up epoch")
+    p.add_argument("--epochs", type=int, default=2, help="loader mode: timed epochs after one warm-up epoch")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="loader mode: rounds over all backends (rotated order); medians are reported")
     p.add_argument("--device", default="auto")
     p.add_argument("--method", choices=("disco", "ssld", "mocov2"), default="disco")
     p.add_argument("--teacher", default="resnet50", help="timm name (randomly initialised: timing only)")

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 TINY = ["--batch", "8", "--resolution", "32", "--teacher", "test_resnet", "--student", "test_resnet",
         "--workers", "1", "--steps", "2", "--warmup", "1", "--precision", "fp32", "--device", "cpu",
         "--set", "method.queue_size=64", "--set", "model.proj_hidden=64", "--set", "model.shuffle_bn_group=4",
-        "--set", "model.teacher_proj_hidden=64"]
+        "--set", "model.teacher_proj_hidden=64", "--repeats", "2", "--epochs", "1"]
 STEP_FIELDS = ("mode", "impl", "method", "teacher", "student", "resolution", "batch", "precision", "compile",
                "loss_impl", "channels_last", "device", "timer", "warmup", "steps", "run_id", "note",
                "images_per_s", "step_ms_mean", "step_ms_median", "peak_mem_mib", "provenance")
@@ -71,6 +71,12 @@ def test_all_modes_write_rows(all_results):
         assert r["images_per_s"] > 0 and r["images"] > 0
         _check_provenance(r)
     assert loaders["torch"]["vs_official"] > 0
+    for r in loaders.values():  # the median of 2 rotated rounds
+        assert len(r["rounds_images_per_s"]) == 2 and r["repeats"] == 2
+        lo, hi = sorted(r["rounds_images_per_s"])
+        assert lo <= r["images_per_s"] <= hi
+    t, o = loaders["torch"]["rounds_images_per_s"], loaders["official_disco_torchvision"]["rounds_images_per_s"]
+    assert loaders["torch"]["vs_official_min_round"] == round(min(a / b for a, b in zip(t, o)), 2)
     steps = {(r["mode"], r["impl"]): r for r in rows if r["mode"] != "loader"}
     assert set(steps) == {("model", "fastdisco"), ("step", "fastdisco"), ("model", "baseline"), ("step", "baseline")}
     for r in steps.values():
