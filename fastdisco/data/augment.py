@@ -338,12 +338,15 @@ def finish_cpu(cropped: Tensor, params: dict[str, Tensor], resolution: int, dtyp
 
 
 def augment_cpu(imgs: Sequence[Tensor], params: list[dict[str, Tensor]], resolution: int, dtype: torch.dtype,
-                channels_last: bool = True, antialias: bool = True, run=None, crop_u8: bool = False) -> list[Tensor]:
+                channels_last: bool = True, antialias: bool = True, run=None, crop_u8: bool = False,
+                outs: list[Tensor] | None = None) -> list[Tensor]:
     """CPU path of the whole pipeline: uint8 images [3, H, W] (a list, or a padded batch) -> views.
     Each image goes through every view (crop, colour ops, normalisation) while in cache.
-    crop_u8: crop + resize in uint8 (crop_one); the torch loader's CPU path."""
+    crop_u8: crop + resize in uint8 (crop_one); the torch loader's CPU path.
+    outs: the V output batches to write into (the torch loader's shared slots), else new ones."""
     ps = [host_params(p) for p in params]
-    outs = _empty_views(len(params), len(imgs), resolution, dtype, channels_last)
+    if outs is None:
+        outs = _empty_views(len(params), len(imgs), resolution, dtype, channels_last)
     norm = _norm_consts(torch.device("cpu"))
 
     def one(i: int) -> None:
