@@ -181,6 +181,26 @@ def test_torch_loader_reads_ahead_across_epochs_and_restarts_on_jumps(prepared, 
     same(collect(ld), fresh(4, batch=3))
 
 
+def test_torch_workers_write_into_reused_shared_batches_without_overwriting_kept_ones(prepared):
+    """Workers write CPU views into the pool's shared slots (fastdisco.data.shared_views); batches the
+    caller keeps (here all 12 of two epochs, more than the pool's slots) must stay intact."""
+    from fastdisco.data import shared_views
+
+    if not shared_views.available():
+        pytest.skip("this torch has no storage use count: no pool")
+    ld = make_loader(cfg_for(prepared, "torch", num_workers=2))
+    kept = collect(ld) + collect(ld)
+    inline = make_loader(cfg_for(prepared, "torch", num_workers=0))
+    ref = collect(inline) + collect(inline)
+    assert ld._pool is not None and len(ld._pool) > 0
+    in_pool = {t.data_ptr() for slot in ld._pool.slots for t in slot}
+    assert any(b.views[0].data_ptr() in in_pool for b in kept)  # the pool was used ...
+    assert not all(b.views[0].data_ptr() in in_pool for b in kept)  # ... and ran out while all were kept
+    for a, b in zip(kept, ref, strict=True):
+        assert torch.equal(a.indices, b.indices)
+        assert all(torch.equal(u, v) for u, v in zip(a.views, b.views))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ddp_ranks_disjoint_equal_counts(prepared, backend):
     if not _have(backend):

@@ -27,7 +27,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fastdisco.data import augment as A
 from fastdisco.data.loader import Batch, BaseLoader, rank_plan
+from fastdisco.data import shared_views
+from fastdisco.data.shared_views import NO_SLOT, SharedViewPool
 from fastdisco.data.wds_reader import SampleReader, ShardIndex
+
+PREFETCH = 4    # batches in flight per worker
+POOL_SPARE = 3  # output batches beyond those in flight, for the ones the caller still holds
 
 
 def decode_rgb(data: bytes) -> torch.Tensor:
@@ -61,9 +66,10 @@ class _PlanBatches(Dataset):
     workers serves every epoch (no fork + warm-up per epoch). A worker recomputes the epoch's
     plan (loader.rank_plan, deterministic) once per epoch and caches it."""
 
-    def __init__(self, reader: SampleReader, plan, seed: int, rank: int, augment: A.GpuAugment, mode: str):
+    def __init__(self, reader: SampleReader, plan, seed: int, rank: int, augment: A.GpuAugment, mode: str,
+                 pool: SharedViewPool | None = None):
         self.reader, self.plan, self.seed, self.rank = reader, plan, seed, rank
-        self.augment, self.mode = augment, mode
+        self.augment, self.mode, self.pool = augment, mode, pool
         self._cached: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,8 +77,8 @@ class _PlanBatches(Dataset):
             self._cached = (epoch, self.plan(epoch))
         return self._cached[1]
 
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, b = key
+    def __getitem__(self, key: tuple[int, int, int]):
+        epoch, b, slot = key
         idx, valid = self._plan(epoch)
         ids = idx[b]
         imgs = [decode_rgb(self.reader.jpeg(int(i))) for i in ids]
@@ -85,9 +91,11 @@ class _PlanBatches(Dataset):
         # in a worker process (one torch thread each) images run inline; without workers the
         # main process spreads them over its augmentation threads
         run = aug.cpu if torch.utils.data.get_worker_info() is None else None
-        if self.mode == "finish":
-            payload = A.augment_cpu(imgs, params, aug.resolution, aug.dtype, aug.channels_last, aug.antialias, run,
-                                    crop_u8=True)
+        if self.mode == "finish":  # into the pool's slot when the task names one: only its number returns
+            outs = self.pool.slots[slot] if slot != NO_SLOT else None
+            views = A.augment_cpu(imgs, params, aug.resolution, aug.dtype, aug.channels_last, aug.antialias, run,
+                                  crop_u8=True, outs=outs)
+            payload = slot if outs is not None else views
         elif self.mode == "crop":
             payload = []
             for hp in map(A.host_params, params):  # image by image: no padded batch on the CPU
@@ -107,11 +115,15 @@ class _KeysFrom(Sampler):
         self.loader = loader
 
     def __iter__(self):
+        # runs from the first request, after a restarted DataLoader iterator dropped its tasks
+        pool = self.loader._pool
+        if pool is not None:
+            pool.reset()
         epoch, b = self.loader._start
         per_epoch = len(self.loader)
         while True:
             for k in range(b, per_epoch):
-                yield epoch, k
+                yield epoch, k, (pool.take() if pool is not None else NO_SLOT)
             epoch, b = epoch + 1, 0
 
 
@@ -125,6 +137,7 @@ class TorchLoader(BaseLoader):
         cuda = self.device.type == "cuda"
         self.mode = "none" if on == "device" or (on == "auto" and cuda) else ("crop" if cuda else "finish")
         self._dl: DataLoader | None = None
+        self._pool: SharedViewPool | None = None
         self._it = None                 # the DataLoader's iterator, running ahead of the consumer
         self._start = (0, 0)            # (epoch, batch) the iterator started at
         self._next = None               # (epoch, batch) the iterator yields next
@@ -135,10 +148,17 @@ class TorchLoader(BaseLoader):
             # a plain function of the epoch (not this loader) travels to workers under any start method
             plan = functools.partial(rank_plan, self.num_samples, self.cfg.batch_size, self.world_size, self.rank,
                                      self.cfg.drop_last, self.cfg.seed, shuffle=self.shuffle)
-            ds = _PlanBatches(self.reader, plan, self.cfg.seed, self.rank, self.augment, self.mode)
             nw = self.cfg.num_workers
+            if nw > 0 and self.mode == "finish" and shared_views.available():
+                # made before the workers start, so they inherit it; enough for every task in
+                # flight plus a few batches the caller still holds
+                res, V = self.cfg.resolution, self.num_views
+                shape = (self.cfg.batch_size, 3, res, res)
+                stride = (3 * res * res, 1, 3 * res, 3) if self.augment.channels_last else (3 * res * res, res * res, res, 1)
+                self._pool = SharedViewPool(PREFETCH * nw + POOL_SPARE, V, shape, stride, self.augment.dtype)
+            ds = _PlanBatches(self.reader, plan, self.cfg.seed, self.rank, self.augment, self.mode, self._pool)
             self._dl = DataLoader(ds, batch_size=None, sampler=_KeysFrom(self), num_workers=nw,
-                                  pin_memory=self.device.type == "cuda", prefetch_factor=4 if nw > 0 else None,
+                                  pin_memory=self.device.type == "cuda", prefetch_factor=PREFETCH if nw > 0 else None,
                                   persistent_workers=nw > 0)
         return self._dl
 
@@ -153,7 +173,8 @@ class TorchLoader(BaseLoader):
             if not np.array_equal(ids.numpy(), idx[b]):  # the workers' plan must be the main process's
                 raise RuntimeError(f"torch loader: batch {b} of epoch {epoch} holds other samples than planned")
             if self.mode == "finish":
-                yield self._finished_batch(payload, params, labels, ids, val)
+                views = self._pool.hand_out(payload) if isinstance(payload, int) else payload
+                yield self._finished_batch(views, params, labels, ids, val)
                 continue
             if self.mode == "crop":
                 cropped = payload
