@@ -152,11 +152,13 @@ def test_deterministic_and_resumable(prepared, backend):
     assert not torch.equal(other.indices, full[0].indices)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_torch_loader_reads_ahead_across_epochs_and_restarts_on_jumps(prepared, workers):
-    """One TorchLoader serves many passes (its workers read on into the next epoch); every pass,
-    continued or jumped to, must equal a fresh loader's pass at that position."""
-    cfg = cfg_for(prepared, "torch", num_workers=workers)
+@pytest.mark.parametrize("backend,workers", [("torch", 0), ("torch", 2), ("dali", 2)])
+def test_loader_reads_ahead_across_epochs_and_restarts_on_jumps(prepared, backend, workers):
+    """One loader serves many passes (torch workers / the DALI pipeline read on into the next
+    epoch); every pass, continued or jumped to, must equal a fresh loader's pass there."""
+    if not _have(backend):
+        pytest.skip(f"{backend} not installed")
+    cfg = cfg_for(prepared, backend, num_workers=workers)
 
     def fresh(epoch, batch=0, limit=None):
         ld = make_loader(cfg)

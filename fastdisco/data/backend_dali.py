@@ -9,7 +9,9 @@ fixed-size random buffer, its sharding is contiguous, and it cannot start mid-ep
 could not honour the shared permutation, the DDP split or exact resume. The crop boxes are
 drawn by the shared sampler from the sizes in each JPEG header (PIL reads the header only),
 so for a given seed DALI's crops are the torch backend's crops, box for box, and Batch.params
-is exact (only decoder / resize rounding differ).
+is exact (only decoder / resize rounding differ). One pipeline serves consecutive passes: its
+source runs on into the next epoch, so DALI decodes ahead across the boundary; a pass that
+starts elsewhere (set_epoch / load_state_dict) builds a new one.
 """
 from __future__ import annotations
 
@@ -62,6 +64,9 @@ class DaliLoader(BaseLoader):
         if dev == "mixed" and self.device.type != "cuda":
             raise FastdiscoError("config key 'data.decode_device': 'mixed' (GPU decoding) needs a CUDA training device")
         self.decode_device = dev
+        self._pipe = None       # kept across epochs: it decodes ahead into the next one
+        self._pending: deque = deque()
+        self._next = None       # (epoch, batch) the pipeline yields next
 
     def _pipeline(self, source):
         from nvidia.dali import fn, types
@@ -86,37 +91,49 @@ class DaliLoader(BaseLoader):
         pipe.build()
         return pipe
 
-    def _batches(self, idx: np.ndarray, valid: np.ndarray, start: int, epoch: int) -> Iterator[Batch]:
-        pending: deque = deque()
+    def _source(self, epoch: int, start: int, pending: deque):
+        """external_source callback for a pipeline that starts at (epoch, start) and runs on into
+        the next epochs, so DALI decodes ahead across an epoch boundary. It reads the JPEGs of
+        each batch in the shared plan, draws the batch's params and queues them for _batches."""
         views = self.augment.views
         res = self.cfg.resolution
+        per_epoch = len(self)
+        plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
         def source(it: int):
-            b = start + it
-            if b >= len(idx):
-                raise StopIteration
+            e, b = epoch + (start + it) // per_epoch, (start + it) % per_epoch
+            if e not in plans:
+                plans.clear()  # one epoch ahead at most
+                plans[e] = self.plan(e)
+            idx, valid = plans[e]
             ids = idx[b]
             data = [self.reader.jpeg(int(i)) for i in ids]
             hw = torch.tensor([jpeg_size(d) for d in data])
-            params = A.sample_params(A.make_generator(self.cfg.seed, epoch, self.rank, b), views, hw[:, 0], hw[:, 1], res)
+            params = A.sample_params(A.make_generator(self.cfg.seed, e, self.rank, b), views, hw[:, 0], hw[:, 1], res)
             labels = torch.tensor([self.reader.label(int(i)) for i in ids], dtype=torch.int64)
             pending.append((params, labels, torch.from_numpy(ids.copy()), torch.from_numpy(valid[b].copy())))
             out = [np.frombuffer(d, dtype=np.uint8) for d in data]
             rois = []
             for p in params:
-                s, e = roi(p)
-                rois += [list(s), list(e)]
+                s, e_ = roi(p)
+                rois += [list(s), list(e_)]
             return (out, *rois)
 
-        pipe = self._pipeline(source)
-        try:
-            for _ in range(start, len(idx)):
-                outs = pipe.run()
-                params, labels, ids, val = pending.popleft()
-                cropped = [self._to_torch(o).permute(0, 3, 1, 2) for o in outs]  # NHWC -> NCHW view
-                yield self._to_batch(cropped, params, labels, ids, val)
-        finally:
-            del pipe
+        return source
+
+    def _batches(self, idx: np.ndarray, valid: np.ndarray, start: int, epoch: int) -> Iterator[Batch]:
+        if self._pipe is None or self._next != (epoch, start):
+            self._pipe = None  # a jump (set_epoch / load_state_dict): what was read ahead is dropped
+            self._pending = deque()
+            self._pipe = self._pipeline(self._source(epoch, start, self._pending))
+        for b in range(start, len(idx)):
+            outs = self._pipe.run()
+            params, labels, ids, val = self._pending.popleft()
+            self._next = (epoch, b + 1) if b + 1 < len(idx) else (epoch + 1, 0)
+            if not np.array_equal(ids.numpy(), idx[b]):  # the source's plan must be the loader's
+                raise RuntimeError(f"dali loader: batch {b} of epoch {epoch} holds other samples than planned")
+            cropped = [self._to_torch(o).permute(0, 3, 1, 2) for o in outs]  # NHWC -> NCHW view
+            yield self._to_batch(cropped, params, labels, ids, val)
 
     def _to_torch(self, out) -> torch.Tensor:
         t = out.as_tensor()
