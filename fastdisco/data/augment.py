@@ -15,6 +15,15 @@ CPU (no 20 MB temporaries per op, no masked row gathers), and it runs where the 
 the torch backend's DataLoader workers, or in a small thread pool (`cpu_threads`). Both paths
 follow the same definitions; tests/test_augment.py checks both against torchvision.
 
+The CPU path's colour ops and normalisation run in one of two kernels, the same for a loader
+and for apply_view (replays stay bit-exact): "fused" (default), a numba kernel that streams
+each image row by row through all its ops (augment_fused; ~3x cheaper), or "torch", one torch
+op per full-image pass (color_one; the reference). The fused kernel is used wherever it
+applies: numba importable, float32 output; otherwise (bf16 / fp16 views, no numba) the torch
+ops run. Choose with FASTDISCO_CPU_AUGMENT=fused|torch or set_cpu_kernel("fused"|"torch");
+warm_up_cpu() compiles (or loads from numba's cache) the fused kernel, e.g. in a loader's
+parent process before it forks workers; otherwise the first image pays for it.
+
 Recipes (docs/design.md section 2, RECIPES.md):
   mocov2  2 views: RRC(0.2-1), jitter(0.4,0.4,0.4,0.1) p=.8, gray p=.2, blur(.1-2) p=.5, flip
   byol    2 views: RRC(0.08-1), jitter(0.4,0.4,0.2,0.1) p=.8, gray p=.2, blur p=1.0 / 0.1,
@@ -26,6 +35,7 @@ Recipes (docs/design.md section 2, RECIPES.md):
 from __future__ import annotations
 
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -39,6 +49,7 @@ from torch import Tensor
 from fastdisco.data import augment_ops as ops
 from fastdisco.errors import FastdiscoError
 
+CPU_KERNELS = ("fused", "torch")
 JITTER_OPS = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue)  # jitter_order ids
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -252,13 +263,14 @@ def host_params(params: dict[str, Tensor]) -> dict[str, list]:
 
 
 def crop_one(img: Tensor, p: dict[str, list], i: int, resolution: int, antialias: bool = True,
-             u8: bool = False) -> Tensor:
+             u8: bool = False, keep_u8: bool = False) -> Tensor:
     """Geometry of sample i of a view on its uint8 image [3, H, W] (any layout; padding beyond the
     image's own size is ignored) -> float [1, 3, res, res] in [0, 255]. Same calls as crop_view.
 
     u8=True resizes in uint8, as dali and ffcv deliver their crops: torch's uint8 antialiased
     kernel (fixed point, about 3x faster than the float one on the CPU) is within 1 level of
-    rounding the float result; without antialias the float result is rounded."""
+    rounding the float result; without antialias the float result is rounded. keep_u8=True
+    returns such a uint8 result as it is (the fused kernel reads uint8: no conversion pass)."""
     t, l, h, w = (int(round(v)) for v in p["crop"][i])
     if "resize" in p:  # eval: resize the whole image, then center crop
         H, W = (int(v) for v in p["src_size"][i])
@@ -275,7 +287,7 @@ def crop_one(img: Tensor, p: dict[str, list], i: int, resolution: int, antialias
         box = torch.tensor([[float(t), float(l), float(h), float(w)]])
         x = ops.resized_crop_grid(img[None, :, : t + h, : l + w], box, resolution)
     if x.dtype == torch.uint8:  # planar before the colour ops: they run ~1.3x faster on NCHW
-        return x.contiguous().float()
+        return x if keep_u8 else x.contiguous().float()
     return x.clamp_(0.0, 255.0).round_() if u8 else x
 
 
@@ -299,11 +311,67 @@ def color_one(x: Tensor, p: dict[str, list], i: int, resolution: int) -> Tensor:
 
 
 def _finish_into(out: Tensor, i: int, x: Tensor, p: dict[str, list], resolution: int,
-                 norm: tuple[Tensor, Tensor]) -> None:
-    """float [1, 3, res, res] in [0, 255] -> colour ops -> normalised, written to out[i]."""
-    x = x.clamp(0.0, 255.0).div_(255.0)
+                 norm: tuple[Tensor, Tensor], fused=None) -> None:
+    """Cropped view x [1, 3, res, res] in [0, 255] (float, or uint8 when `fused` is given) ->
+    colour ops -> normalised, written to out[i]. `fused`: the view's augment_fused.FusedView
+    (_fused_view), tried first; the torch ops run where it is None or declines the case."""
+    if fused is not None and _fused_module().finish_one(x, fused, i, out[i]):
+        return
+    x = x.float().clamp(0.0, 255.0).div_(255.0)
     x = color_one(x, p, i, resolution)
     torch.addcmul(norm[1], x, norm[0], out=out[i : i + 1])  # normalise, cast and change layout in one pass
+
+
+# --------------------------------------------------------------------------- the CPU kernel switch
+_cpu_kernel = os.environ.get("FASTDISCO_CPU_AUGMENT", "fused")
+_fused_mod = None
+_fused_error: str | None = None  # why augment_fused could not be imported, if it could not
+
+
+def set_cpu_kernel(name: str) -> str:
+    """Select the CPU path's kernel ("fused" | "torch"); returns the previous choice."""
+    global _cpu_kernel
+    if name not in CPU_KERNELS:
+        raise FastdiscoError(f"CPU augmentation kernel {name!r}: expected one of {', '.join(CPU_KERNELS)}")
+    prev, _cpu_kernel = _cpu_kernel, name
+    return prev
+
+
+def _fused_module():
+    """augment_fused if the fused kernel is selected and numba imports, else None. Imported on
+    first use: numba's import (~0.5 s) is not paid by processes that never augment on the CPU."""
+    global _fused_mod, _fused_error
+    if _cpu_kernel not in CPU_KERNELS:
+        raise FastdiscoError(f"FASTDISCO_CPU_AUGMENT={_cpu_kernel!r}: expected one of {', '.join(CPU_KERNELS)}")
+    if _cpu_kernel != "fused":
+        return None
+    if _fused_mod is None and _fused_error is None:
+        try:
+            from fastdisco.data import augment_fused
+            _fused_mod = augment_fused
+        except (ImportError, RuntimeError) as e:  # no numba, or no directory numba can cache in
+            _fused_error = f"{type(e).__name__}: {e}"
+    return _fused_mod
+
+
+def cpu_kernel(dtype: torch.dtype = torch.float32) -> str:
+    """The kernel the CPU path uses for views of `dtype`: "fused" or "torch"."""
+    return "fused" if dtype == torch.float32 and _fused_module() is not None else "torch"
+
+
+def warm_up_cpu() -> str:
+    """Compile (or load from numba's cache) the fused kernel now, e.g. in a loader's parent
+    process before DataLoader workers fork and inherit it. Returns cpu_kernel()."""
+    m = _fused_module()
+    if m is not None:
+        m.warm_up()
+    return cpu_kernel()
+
+
+def _fused_view(p: dict[str, list], resolution: int, dtype: torch.dtype):
+    """The fused kernel's arrays for one view's host params, or None for the torch ops."""
+    m = _fused_module() if dtype == torch.float32 else None
+    return m.FusedView(p, resolution) if m is not None else None
 
 
 def _empty_views(n: int, b: int, resolution: int, dtype: torch.dtype, channels_last: bool) -> list[Tensor]:
@@ -329,9 +397,13 @@ def finish_cpu(cropped: Tensor, params: dict[str, Tensor], resolution: int, dtyp
     p = host_params(params)
     out = _empty_views(1, cropped.shape[0], resolution, dtype, channels_last)[0]
     norm = _norm_consts(torch.device("cpu"))
+    fv = _fused_view(p, resolution, dtype)
 
-    def one(i: int) -> None:  # planar first (dali / ffcv crops are NHWC): colour ops ~1.3x faster
-        _finish_into(out, i, cropped[i : i + 1].contiguous().float(), p, resolution, norm)
+    def one(i: int) -> None:
+        if fv is not None:  # the fused kernel reads uint8 NHWC crops (dali / ffcv) as they are
+            _finish_into(out, i, cropped[i : i + 1], p, resolution, norm, fv)
+        else:  # planar first (dali / ffcv crops are NHWC): the torch ops run ~1.3x faster
+            _finish_into(out, i, cropped[i : i + 1].contiguous().float(), p, resolution, norm)
 
     (run or _run_inline)(one, cropped.shape[0])
     return out
@@ -348,10 +420,12 @@ def augment_cpu(imgs: Sequence[Tensor], params: list[dict[str, Tensor]], resolut
     if outs is None:
         outs = _empty_views(len(params), len(imgs), resolution, dtype, channels_last)
     norm = _norm_consts(torch.device("cpu"))
+    fvs = [_fused_view(p, resolution, out.dtype) for p, out in zip(ps, outs)]
 
     def one(i: int) -> None:
-        for p, out in zip(ps, outs):
-            _finish_into(out, i, crop_one(imgs[i], p, i, resolution, antialias, crop_u8), p, resolution, norm)
+        for p, fv, out in zip(ps, fvs, outs):
+            x = crop_one(imgs[i], p, i, resolution, antialias, crop_u8, keep_u8=fv is not None)
+            _finish_into(out, i, x, p, resolution, norm, fv)
 
     (run or _run_inline)(one, len(imgs))
     return outs
