@@ -75,9 +75,14 @@ def _fma(typingctx, a, b, c):
 
 
 # --------------------------------------------------------------------------- row ops
-# A row is three 1-D float32 views R, G, B of the same length W. Loops run over range(W) on
-# views starting at 0: numba wraps negative indices, and an index LLVM cannot prove >= 0
-# (rows[c, p + x]) keeps the loop scalar, ~8x slower.
+# A row is three 1-D float32 views R, G, B (made once per image) of the image's width W.
+# Two rules keep every loop vectorised: loops run over range(W) and index with x, or with an
+# unsigned offset + x (numba wraps negative indices, and an index LLVM cannot prove >= 0, such
+# as p + x or W - 1 - x, keeps a loop scalar, ~8x slower); and no array is sliced per row (a
+# slice costs refcount updates: ~10 per row were half the blur's time).
+_U = np.uint64
+
+
 @njit(nogil=True, cache=True)
 def _clamp01(v):
     return min(max(v, _F0), _F1)
@@ -94,34 +99,41 @@ def _to01(v):
 
 
 @njit(nogil=True, cache=True)
-def _load_row(src, hwc, y, R, G, B):
-    """Row y of the [0, 255] input src ([H, W, 3] if hwc else [3, H, W]) into R, G, B in [0, 1]."""
+def _load_row(src, flat, hwc, y, R, G, B):
+    """Row y of the [0, 255] input into R, G, B in [0, 1]: src [3, H, W], or if hwc its
+    pixels interleaved r g b r g b ... in flat ([H, W, 3] flattened: the loads vectorise)."""
+    W = R.shape[0]
     if hwc:
-        s = src[y].reshape(-1)  # interleaved r g b r g b ...: one loop, the loads vectorise
-        for x in range(R.shape[0]):
-            R[x] = _to01(s[3 * x])
-            G[x] = _to01(s[3 * x + 1])
-            B[x] = _to01(s[3 * x + 2])
+        o = _U(3 * W * y)
+        for x in range(W):
+            j = o + _U(3 * x)
+            R[x] = _to01(flat[j])
+            G[x] = _to01(flat[j + _U(1)])
+            B[x] = _to01(flat[j + _U(2)])
     else:
-        for c, dst in enumerate((R, G, B)):
-            s = src[c, y]
-            for x in range(dst.shape[0]):
-                dst[x] = _to01(s[x])
+        for x in range(W):
+            R[x] = _to01(src[0, y, x])
+        for x in range(W):
+            G[x] = _to01(src[1, y, x])
+        for x in range(W):
+            B[x] = _to01(src[2, y, x])
 
 
 @njit(nogil=True, cache=True)
 def _brightness(R, G, B, f):
-    for dst in (R, G, B):
-        for x in range(dst.shape[0]):
-            dst[x] = _clamp01(dst[x] * f)
+    for x in range(R.shape[0]):
+        R[x] = _clamp01(R[x] * f)
+        G[x] = _clamp01(G[x] * f)
+        B[x] = _clamp01(B[x] * f)
 
 
 @njit(nogil=True, cache=True)
 def _contrast(R, G, B, f, blend):
     """blend = (1 - f) * mean gray, one float32 per image (torch: f * x + (1 - f) * mean)."""
-    for dst in (R, G, B):
-        for x in range(dst.shape[0]):
-            dst[x] = _clamp01(f * dst[x] + blend)
+    for x in range(R.shape[0]):
+        R[x] = _clamp01(f * R[x] + blend)
+        G[x] = _clamp01(f * G[x] + blend)
+        B[x] = _clamp01(f * B[x] + blend)
 
 
 @njit(nogil=True, cache=True)
@@ -188,55 +200,41 @@ def _jitter(R, G, B, order, first, last, k, blend):
 
 @njit(nogil=True, cache=True)
 def _solarize(R, G, B):
-    for src in (R, G, B):
-        for x in range(src.shape[0]):
-            src[x] = min(src[x], _F1 - src[x])  # solarize at 0.5, as augment_ops.solarize
+    for x in range(R.shape[0]):  # at 0.5, as augment_ops.solarize: min(x, 1 - x)
+        R[x] = min(R[x], _F1 - R[x])
+        G[x] = min(G[x], _F1 - G[x])
+        B[x] = min(B[x], _F1 - B[x])
 
 
 @njit(nogil=True, cache=True)
-def _rev(W, x):
-    """W - 1 - x as an unsigned index: numba wraps a signed index that might be negative,
-    which keeps a reversed loop scalar (10x slower)."""
-    return np.uint64(W - 1 - x)
+def _col(W, x, flip):
+    """Output column of input column x: W - 1 - x if flip (unsigned: see the rules above)."""
+    return _U(W - 1 - x) if flip else _U(x)
 
 
 @njit(nogil=True, cache=True)
-def _store_chw(src, dst, flip, s, b):
-    """One channel's row normalised into dst [W]: torch's addcmul(bias, x, 1 / std) is one fma."""
-    W = src.shape[0]
-    if flip:
-        for x in range(W):
-            dst[_rev(W, x)] = _fma(src[x], s, b)
-    else:
-        for x in range(W):
-            dst[x] = _fma(src[x], s, b)
-
-
-@njit(nogil=True, cache=True)
-def _store_hwc(R, G, B, dst, flip, norm):
-    """A row normalised into dst [W, 3] (channels_last): interleaved stores in one loop."""
-    W = R.shape[0]
-    d = dst.reshape(-1)
-    s0, s1, s2, b0, b1, b2 = norm[0], norm[1], norm[2], norm[3], norm[4], norm[5]
-    one, two = np.uint64(1), np.uint64(2)
-    for x in range(W):
-        j = np.uint64(3) * (_rev(W, x) if flip else np.uint64(x))
-        d[j] = _fma(R[x], s0, b0)
-        d[j + one] = _fma(G[x], s1, b1)
-        d[j + two] = _fma(B[x], s2, b2)
-
-
-@njit(nogil=True, cache=True)
-def _finish_row(R, G, B, out, y, hwc, solarize, flip, norm):
-    """A row in [0, 1] -> solarize, flip, (v - mean) / std into row y of out ([H, W, 3] if
-    hwc else [3, H, W]); norm = (1 / std, -mean / std) as float32 [6]."""
+def _finish_row(R, G, B, out, flat, hwc, y, solarize, flip, norm):
+    """A row in [0, 1] -> solarize, flip, (v - mean) / std into row y of the output: out
+    [3, H, W], or if hwc the interleaved flat ([H, W, 3] flattened). norm = (1 / std,
+    -mean / std) as float32 [6]; torch's addcmul(bias, x, 1 / std) is one fma."""
     if solarize:
         _solarize(R, G, B)
+    W = R.shape[0]
+    s0, s1, s2, b0, b1, b2 = norm[0], norm[1], norm[2], norm[3], norm[4], norm[5]
     if hwc:
-        _store_hwc(R, G, B, out[y], flip, norm)
+        o = _U(3 * W * y)
+        for x in range(W):
+            j = o + _U(3) * _col(W, x, flip)
+            flat[j] = _fma(R[x], s0, b0)
+            flat[j + _U(1)] = _fma(G[x], s1, b1)
+            flat[j + _U(2)] = _fma(B[x], s2, b2)
     else:
-        for c, src in enumerate((R, G, B)):
-            _store_chw(src, out[c, y], flip, norm[c], norm[3 + c])
+        for x in range(W):
+            out[0, y, _col(W, x, flip)] = _fma(R[x], s0, b0)
+        for x in range(W):
+            out[1, y, _col(W, x, flip)] = _fma(G[x], s1, b1)
+        for x in range(W):
+            out[2, y, _col(W, x, flip)] = _fma(B[x], s2, b2)
 
 
 @njit(nogil=True, cache=True)
@@ -250,59 +248,60 @@ def _reflect(j, n):
 
 
 # Both blur passes compute, per output, w[t0] * x[t0] then fma(x[t], w[t], .) for t = t0+1 ..
-# t1-1 in that order (blur_shifted's; taps outside [t0, t1) are negligible), each step a sweep
-# over a row (x[t] = the input shifted by t) that LLVM vectorises. Four taps per sweep: a
-# quarter of the loads and stores of the accumulator row, 1.7x faster.
+# t1-1 in that order (blur_shifted's; taps outside [t0, t1) are negligible), as sweeps over a
+# row (x[t]: the input shifted by t) that LLVM vectorises. Four taps per sweep: a quarter of
+# the accumulator's loads and stores, 1.7x faster than one.
 @njit(nogil=True, cache=True)
-def _tap_first(s, w, dst):
-    for x in range(dst.shape[0]):
-        dst[x] = s[x] * w
-
-
-@njit(nogil=True, cache=True)
-def _tap1(s, w, dst):
-    for x in range(dst.shape[0]):
-        dst[x] = _fma(s[x], w, dst[x])
-
-
-@njit(nogil=True, cache=True)
-def _tap4(s0, s1, s2, s3, w, t, dst):
-    w0, w1, w2, w3 = w[t], w[t + 1], w[t + 2], w[t + 3]
-    for x in range(dst.shape[0]):
-        dst[x] = _fma(s3[x], w3, _fma(s2[x], w2, _fma(s1[x], w1, _fma(s0[x], w0, dst[x]))))
-
-
-@njit(nogil=True, cache=True)
-def _blur_h(padded, p, w, t0, t1, dst):
-    """Horizontal pass of one channel's row (at padded[p : p + W]) into dst [W], reflect padding."""
-    W = dst.shape[0]
+def _blur_h(padded, c, p, w, t0, t1, dst, y):
+    """Horizontal pass of channel c's row (at padded[c, p : p + W]) into dst[c, y], reflect padding."""
+    W = dst.shape[2]
     for d in range(1, p + 1):
-        padded[p - d] = padded[p + d]
-        padded[p + W - 1 + d] = padded[p + W - 1 - d]
-    _tap_first(padded[t0 : t0 + W], w[t0], dst)
+        padded[c, p - d] = padded[c, p + d]
+        padded[c, p + W - 1 + d] = padded[c, p + W - 1 - d]
+    a, w0 = _U(t0), w[t0]
+    for x in range(W):
+        dst[c, y, x] = padded[c, a + _U(x)] * w0
     t = t0 + 1
     while t + 4 <= t1:
-        _tap4(padded[t : t + W], padded[t + 1 : t + 1 + W], padded[t + 2 : t + 2 + W], padded[t + 3 : t + 3 + W],
-              w, t, dst)
+        a, b, e, f = _U(t), _U(t + 1), _U(t + 2), _U(t + 3)
+        w0, w1, w2, w3 = w[t], w[t + 1], w[t + 2], w[t + 3]
+        for x in range(W):
+            u = _U(x)
+            acc = _fma(padded[c, a + u], w0, dst[c, y, x])
+            acc = _fma(padded[c, b + u], w1, acc)
+            acc = _fma(padded[c, e + u], w2, acc)
+            dst[c, y, x] = _fma(padded[c, f + u], w3, acc)
         t += 4
     while t < t1:
-        _tap1(padded[t : t + W], w[t], dst)
+        a, w0 = _U(t), w[t]
+        for x in range(W):
+            dst[c, y, x] = _fma(padded[c, a + _U(x)], w0, dst[c, y, x])
         t += 1
 
 
 @njit(nogil=True, cache=True)
-def _blur_v(hb, p, w, t0, t1, y, dst):
-    """Vertical pass for output row y of one channel from its horizontal result hb [H, W]
-    (reflect padding by row index: no padded copy)."""
-    H = hb.shape[0]
-    _tap_first(hb[_reflect(y + t0 - p, H)], w[t0], dst)
+def _blur_v(hb, c, p, w, t0, t1, y, dst):
+    """Vertical pass for output row y of channel c from the horizontal result hb [3, H, W] into
+    dst[c] (reflect padding by row index: no padded copy)."""
+    H, W = hb.shape[1], hb.shape[2]
+    r, w0 = _reflect(y + t0 - p, H), w[t0]
+    for x in range(W):
+        dst[c, x] = hb[c, r, x] * w0
     t = t0 + 1
     while t + 4 <= t1:
-        _tap4(hb[_reflect(y + t - p, H)], hb[_reflect(y + t + 1 - p, H)], hb[_reflect(y + t + 2 - p, H)],
-              hb[_reflect(y + t + 3 - p, H)], w, t, dst)
+        r0, r1 = _reflect(y + t - p, H), _reflect(y + t + 1 - p, H)
+        r2, r3 = _reflect(y + t + 2 - p, H), _reflect(y + t + 3 - p, H)
+        w0, w1, w2, w3 = w[t], w[t + 1], w[t + 2], w[t + 3]
+        for x in range(W):
+            acc = _fma(hb[c, r0, x], w0, dst[c, x])
+            acc = _fma(hb[c, r1, x], w1, acc)
+            acc = _fma(hb[c, r2, x], w2, acc)
+            dst[c, x] = _fma(hb[c, r3, x], w3, acc)
         t += 4
     while t < t1:
-        _tap1(hb[_reflect(y + t - p, H)], w[t], dst)
+        r, w0 = _reflect(y + t - p, H), w[t]
+        for x in range(W):
+            dst[c, x] = _fma(hb[c, r, x], w0, dst[c, x])
         t += 1
 
 
@@ -323,6 +322,7 @@ def _finish(srcf, srcu, u8, src_hwc, out, out_hwc, i, order, consts, flags, weig
     flip = flags[i, F_FLIP] != 0
     p = weights.shape[1] // 2 if blur else 0
     t0, t1, w = taps[i, 0], taps[i, 1], weights[i]
+    fu, ff, oflat = srcu.reshape(-1), srcf.reshape(-1), out.reshape(-1)
     rows = np.empty((3, W + 2 * p), np.float32)  # padded for the horizontal blur
     R, G, B = rows[0, p : p + W], rows[1, p : p + W], rows[2, p : p + W]
     # contrast needs the mean gray after the ops before it: pass 1 runs them and keeps the rows
@@ -337,42 +337,43 @@ def _finish(srcf, srcu, u8, src_hwc, out, out_hwc, i, order, consts, flags, weig
         colsum = np.zeros(W, np.float64)  # per column, rows in order: deterministic, vectorised
         for y in range(H):
             if u8:
-                _load_row(srcu, src_hwc, y, R, G, B)
+                _load_row(srcu, fu, src_hwc, y, R, G, B)
             else:
-                _load_row(srcf, src_hwc, y, R, G, B)
+                _load_row(srcf, ff, src_hwc, y, R, G, B)
             _jitter(R, G, B, o, 0, pre, k, _F0)
             for x in range(W):
                 colsum[x] += np.float64(_gray(R[x], G[x], B[x]))
             if pre > 0:
-                scratch[0, y] = R
-                scratch[1, y] = G
-                scratch[2, y] = B
+                for x in range(W):
+                    scratch[0, y, x] = R[x]
+                    scratch[1, y, x] = G[x]
+                    scratch[2, y, x] = B[x]
         blend = k[C_CONTRAST_OMF] * np.float32(colsum.sum() / (H * W))
     for y in range(H):
         if pre > 0:
-            R[:] = scratch[0, y]
-            G[:] = scratch[1, y]
-            B[:] = scratch[2, y]
+            for x in range(W):
+                R[x] = scratch[0, y, x]
+                G[x] = scratch[1, y, x]
+                B[x] = scratch[2, y, x]
         elif u8:
-            _load_row(srcu, src_hwc, y, R, G, B)
+            _load_row(srcu, fu, src_hwc, y, R, G, B)
         else:
-            _load_row(srcf, src_hwc, y, R, G, B)
+            _load_row(srcf, ff, src_hwc, y, R, G, B)
         if jitter:
             _jitter(R, G, B, o, max(pre, 0), 4, k, blend)
         if gray:
             _grayscale(R, G, B)
         if blur:  # row y of scratch was read above: the horizontal result may replace it
             for c in range(3):
-                _blur_h(rows[c], p, w, t0, t1, scratch[c, y])
+                _blur_h(rows, c, p, w, t0, t1, scratch, y)
         else:
-            _finish_row(R, G, B, out, y, out_hwc, solarize, flip, norm)
+            _finish_row(R, G, B, out, oflat, out_hwc, y, solarize, flip, norm)
     if blur:
         R, G, B = rows[0, :W], rows[1, :W], rows[2, :W]
         for y in range(H):
-            _blur_v(scratch[0], p, w, t0, t1, y, R)
-            _blur_v(scratch[1], p, w, t0, t1, y, G)
-            _blur_v(scratch[2], p, w, t0, t1, y, B)
-            _finish_row(R, G, B, out, y, out_hwc, solarize, flip, norm)
+            for c in range(3):
+                _blur_v(scratch, c, p, w, t0, t1, y, rows)
+            _finish_row(R, G, B, out, oflat, out_hwc, y, solarize, flip, norm)
 
 
 # --------------------------------------------------------------------------- Python side
