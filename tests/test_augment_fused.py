@@ -19,6 +19,9 @@ pytest.importorskip("numba")
 from fastdisco.data import augment_fused as AF  # noqa: E402
 
 TOL = 1e-5
+# torch's vectorised add(alpha=) / addcmul are one fma on AVX2 / AVX512 CPUs (the kernel's
+# choice); elsewhere they round twice, and only TOL holds
+FMA_TORCH = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 OPS = ("brightness", "contrast", "saturation", "hue", "gray", "blur", "solarize", "flip")
 
 
@@ -85,8 +88,8 @@ def test_each_op_alone(op, res, channels_last):
     p = _params(B, res, {op})
     want, got = _both(_crops(B, res), p, res, channels_last)
     _check(want, got, channels_last)
-    if op not in ("contrast",):  # same float32 operations in the same order: bit-identical here
-        assert (want != got).float().mean() < 1e-3
+    if op != "contrast" and FMA_TORCH:  # the same float32 operations in the same order
+        assert torch.equal(want, got)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
@@ -159,6 +162,8 @@ def test_fused_is_the_default_and_is_used(monkeypatch):
     B, res = 3, 16
     A.finish_cpu(_crops(B, res), _params(B, res, set(OPS)), res, torch.float32)
     assert len(calls) == B
+    # one compiled signature serves every input (float32 / uint8, planar / NHWC, both layouts)
+    assert len(AF._finish.signatures) == 1
     A.set_cpu_kernel("torch")
     assert A.cpu_kernel() == "torch"
     A.finish_cpu(_crops(B, res), _params(B, res, set(OPS)), res, torch.float32)

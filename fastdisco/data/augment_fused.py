@@ -21,21 +21,16 @@ cascade). tests/test_augment_fused.py states the tolerances. Sums run in a fixed
 view is bit-identical whatever the thread: augment.apply_view replays loader views exactly.
 
 All kernels release the GIL (nogil), so augment.CpuPool's threads run images in parallel.
-They compile on first use (a few seconds; cached on disk with cache=True): warm_up() compiles
-every input signature on a tiny image, e.g. in a loader's parent process before it forks
-DataLoader workers, which then inherit the compiled code.
+One signature serves every input (float32 / uint8, planar / NHWC, either output layout); it
+compiles on first use (~7 s on one core) and is cached on disk (cache=True: next to this
+file, or in ~/.cache/numba where the package is read-only; numba picks; where neither is
+writable this module fails to import and augment falls back to the torch ops). warm_up()
+compiles / loads it, e.g. in a loader's parent process before it forks DataLoader workers,
+which then inherit the compiled code.
 """
 from __future__ import annotations
 
-import os
 import threading
-
-if "NUMBA_CACHE_DIR" not in os.environ:
-    # numba caches next to this file, else in ~/.cache/numba; a read-only install with no
-    # writable home would make cache=True fail at import, so give it a directory we own
-    _pkg = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
-    if not os.access(os.path.dirname(_pkg), os.W_OK):
-        os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.path.expanduser("~"), ".cache", "fastdisco", "numba")
 
 import numpy as np
 import torch
