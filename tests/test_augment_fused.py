@@ -117,6 +117,23 @@ def test_blur_sigma_ends_at_224(sigma):
     _check(want, got, True)
 
 
+def test_batched_blur_weights_equal_color_ones_per_sample_kernels():
+    """FusedView draws every sample's Gaussian in one call; color_one one sigma at a time."""
+    sig = torch.rand(500, generator=torch.Generator().manual_seed(0)) * 1.9 + 0.1
+    sig[:2] = torch.tensor([0.1, 2.0])
+    p = {"blur_sigma": sig.tolist(), "flip": [False] * 500, "jitter_factors": [[1.0, 1.0, 1.0, 0.0]] * 500,
+         "jitter_order": [[0, 1, 2, 3]] * 500, "jitter": [False] * 500, "gray": [False] * 500,
+         "blur": [True] * 500, "solarize": [False] * 500}
+    for res in (7, 33, 224):
+        fv = AF.FusedView(p, res)
+        ks = A.blur_kernel_size(res)
+        for n, s in enumerate(p["blur_sigma"]):
+            w = A.ops.gaussian_kernels(torch.tensor([s]), ks)[0]
+            assert torch.equal(torch.from_numpy(fv.weights[n]), w)
+            heavy = (w >= A.ops.NEGLIGIBLE_TAP).nonzero().flatten()
+            assert fv.taps[n].tolist() == [heavy[0].item(), heavy[-1].item() + 1]
+
+
 def test_uint8_nhwc_crops_as_dali_and_ffcv_deliver_them():
     """finish_cpu on uint8 NHWC views (a permuted batch): the kernel reads them as they are."""
     B, res = 4, 33
