@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -351,6 +352,8 @@ def _fused_module():
             _fused_mod = augment_fused
         except (ImportError, RuntimeError) as e:  # no numba, or no directory numba can cache in
             _fused_error = f"{type(e).__name__}: {e}"
+            warnings.warn(f"fastdisco: the fused CPU augmentation kernel is unavailable ({_fused_error}); "
+                          "running the torch ops (~3x slower)", stacklevel=2)
     return _fused_mod
 
 
