@@ -146,6 +146,9 @@ def test_uint8_nhwc_crops_as_dali_and_ffcv_deliver_them():
     for cl in (True, False):
         want, got = _both(crops, p, res, cl)
         _check(want, got, cl)
+    out = torch.full((B, 3, res, res), float("nan"))  # a reused output batch (NCHW here)
+    assert A.finish_cpu(crops, p, res, torch.float32, out=out) is out
+    assert torch.equal(out, got)
 
 
 @pytest.mark.parametrize("crop_u8", [False, True])
