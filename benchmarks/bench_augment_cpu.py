@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-save", action="store_true", help="print only, append no rows")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    import numba  # noqa: PLC0415  (the stamp's version list lacks it)
+
+    numba_version = numba.__version__
     B, res = args.batch, args.resolution
     g = torch.Generator().manual_seed(0)
     crops_u8 = (torch.rand(B, res, res, 3, generator=g) * 255).to(torch.uint8).permute(0, 3, 1, 2)
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, fn in inputs.items():
             ms = {k: v / B * 1e3 for k, v in _time_both(fn, args.repeats).items()}
-            row = dict(case=case, input=name, resolution=res, batch=B, threads=1, timer="wall",
+            row = dict(case=case, input=name, resolution=res, batch=B, threads=1, timer="wall", numba=numba_version,
                        torch_ms_per_view=round(ms["torch"], 4), fused_ms_per_view=round(ms["fused"], 4),
                        speedup=round(ms["torch"] / ms["fused"], 2))
             print(f"{case:10s} {name:9s} torch {ms['torch']:.3f} ms  fused {ms['fused']:.3f} ms  "
