@@ -184,11 +184,11 @@ def test_loader_reads_ahead_across_epochs_and_restarts_on_jumps(prepared, backen
 
 
 def test_torch_workers_write_into_reused_shared_batches_without_overwriting_kept_ones(prepared):
-    """Workers write CPU views into the pool's shared slots (fastdisco.data.shared_views); batches the
+    """Workers write CPU views into the pool's shared slots (fastdisco.data.view_pool); batches the
     caller keeps (here all 12 of two epochs, more than the pool's slots) must stay intact."""
-    from fastdisco.data import shared_views
+    from fastdisco.data import view_pool
 
-    if not shared_views.available():
+    if not view_pool.available():
         pytest.skip("this torch has no storage use count: no pool")
     ld = make_loader(cfg_for(prepared, "torch", num_workers=2))
     kept = collect(ld) + collect(ld)
@@ -201,6 +201,36 @@ def test_torch_workers_write_into_reused_shared_batches_without_overwriting_kept
     for a, b in zip(kept, ref, strict=True):
         assert torch.equal(a.indices, b.indices)
         assert all(torch.equal(u, v) for u, v in zip(a.views, b.views))
+
+
+@pytest.mark.parametrize("backend,workers", [("torch", 0), ("torch", 2), ("dali", 1), ("ffcv", 1)])
+def test_reused_cpu_output_batches_never_change_a_batch_the_caller_keeps(prepared, backend, workers):
+    """CPU loaders write views into reused batches (view_pool). Every batch of two epochs is kept,
+    some only through a view of one of its tensors, while the loader goes on; each must still hold
+    what it held when it was yielded, and the reuse must really happen once batches are let go."""
+    from fastdisco.data import view_pool
+
+    if not _have(backend):
+        pytest.skip(f"{backend} not installed")
+    if not view_pool.available():
+        pytest.skip("this torch has no storage use count: no pool")
+    ld = make_loader(cfg_for(prepared, backend, num_workers=workers))
+    kept = []
+    for epoch in range(2):
+        ld.set_epoch(epoch)
+        for k, b in enumerate(ld):
+            snapshot = [v.clone() for v in b.views]
+            kept.append(([b.views[0][:2]] if k % 2 else b.views, snapshot))
+    for views, snapshot in kept:
+        for v, s in zip(views, snapshot):
+            assert torch.equal(v, s[: len(v)])
+    pool = ld._pool if backend == "torch" else ld._out_pool
+    in_pool = {t.data_ptr() for slot in pool.slots for t in slot}
+    kept.clear()  # nothing kept from now on: once the tasks sent out meanwhile (the workers read up
+    for epoch in (2, 3, 4):  # to 8 batches ahead) are through, every batch is made in the pool
+        ld.set_epoch(epoch)
+        ptrs = [b.views[0].data_ptr() for b in ld]
+    assert all(p in in_pool for p in ptrs)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -514,10 +514,11 @@ class GpuAugment:
     def sample(self, g: torch.Generator, heights: Tensor, widths: Tensor) -> list[dict[str, Tensor]]:
         return sample_params(g, self.views, heights, widths, self.resolution)
 
-    def finish(self, cropped: Tensor, params: dict[str, Tensor]) -> Tensor:
-        """Cropped view (uint8 or float in [0, 255], [B, 3, res, res] on device) -> normalised view."""
+    def finish(self, cropped: Tensor, params: dict[str, Tensor], out: Tensor | None = None) -> Tensor:
+        """Cropped view (uint8 or float in [0, 255], [B, 3, res, res] on device) -> normalised view.
+        out (CPU only): the batch to write into."""
         if cropped.device.type == "cpu":
-            return finish_cpu(cropped, params, self.resolution, self.dtype, self.channels_last, self.cpu)
+            return finish_cpu(cropped, params, self.resolution, self.dtype, self.channels_last, self.cpu, out)
         x = cropped.float().clamp(0.0, 255.0).div_(255.0)
         x = color_view(x, params, self.resolution)
         return normalize(x, self.dtype, self.channels_last)

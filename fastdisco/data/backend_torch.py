@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fastdisco.data import augment as A
 from fastdisco.data.loader import Batch, BaseLoader, rank_plan
-from fastdisco.data import shared_views
-from fastdisco.data.shared_views import NO_SLOT, SharedViewPool
+from fastdisco.data import view_pool
+from fastdisco.data.view_pool import NO_SLOT, ViewPool
 from fastdisco.data.wds_reader import SampleReader, ShardIndex
 
 PREFETCH = 4    # batches in flight per worker
@@ -67,7 +67,7 @@ class _PlanBatches(Dataset):
     plan (loader.rank_plan, deterministic) once per epoch and caches it."""
 
     def __init__(self, reader: SampleReader, plan, seed: int, rank: int, augment: A.GpuAugment, mode: str,
-                 pool: SharedViewPool | None = None):
+                 pool: ViewPool | None = None):
         self.reader, self.plan, self.seed, self.rank = reader, plan, seed, rank
         self.augment, self.mode, self.pool = augment, mode, pool
         self._cached: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
@@ -137,7 +137,7 @@ class TorchLoader(BaseLoader):
         cuda = self.device.type == "cuda"
         self.mode = "none" if on == "device" or (on == "auto" and cuda) else ("crop" if cuda else "finish")
         self._dl: DataLoader | None = None
-        self._pool: SharedViewPool | None = None
+        self._pool: ViewPool | None = None
         self._it = None                 # the DataLoader's iterator, running ahead of the consumer
         self._start = (0, 0)            # (epoch, batch) the iterator started at
         self._next = None               # (epoch, batch) the iterator yields next
@@ -149,13 +149,14 @@ class TorchLoader(BaseLoader):
             plan = functools.partial(rank_plan, self.num_samples, self.cfg.batch_size, self.world_size, self.rank,
                                      self.cfg.drop_last, self.cfg.seed, shuffle=self.shuffle)
             nw = self.cfg.num_workers
-            if nw > 0 and self.mode == "finish" and shared_views.available():
-                # made before the workers start, so they inherit it; enough for every task in
-                # flight plus a few batches the caller still holds
-                res, V = self.cfg.resolution, self.num_views
-                shape = (self.cfg.batch_size, 3, res, res)
-                stride = (3 * res * res, 1, 3 * res, 3) if self.augment.channels_last else (3 * res * res, res * res, res, 1)
-                self._pool = SharedViewPool(PREFETCH * nw + POOL_SPARE, V, shape, stride, self.augment.dtype)
+            if self.mode == "finish":
+                A.warm_up_cpu()  # compiled (or loaded from numba's cache) once here; forked workers inherit it
+                if view_pool.available():
+                    # made before the workers start, so they inherit it; enough for every task in
+                    # flight plus a few batches the caller still holds
+                    self._pool = ViewPool.of_views(PREFETCH * nw + POOL_SPARE, self.num_views, self.cfg.batch_size,
+                                                   self.cfg.resolution, self.augment.dtype, self.augment.channels_last,
+                                                   shared=nw > 0)
             ds = _PlanBatches(self.reader, plan, self.cfg.seed, self.rank, self.augment, self.mode, self._pool)
             self._dl = DataLoader(ds, batch_size=None, sampler=_KeysFrom(self), num_workers=nw,
                                   pin_memory=self.device.type == "cuda", prefetch_factor=PREFETCH if nw > 0 else None,

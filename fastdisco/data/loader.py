@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastdisco.data import view_pool
 from fastdisco.data.augment import GpuAugment, make_generator
+from fastdisco.data.view_pool import NO_SLOT, ViewPool
 from fastdisco.data.wds_reader import load_manifest
 from fastdisco.errors import FastdiscoError
 
@@ -34,6 +36,9 @@ class Batch:
     indices: Tensor                     # [B] int64 sample index (manifest order), device
     params: list[dict[str, Tensor]]     # per view; CPU tensors (no device sync to read them)
     valid: Tensor = field(default=None)  # [B] bool, False for wrap-around padding (device)
+
+
+OUT_POOL_SLOTS = 3  # the batch being made, the one the caller holds, one spare
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
@@ -89,6 +94,7 @@ class BaseLoader:
         self.num_views = self.augment.num_views
         self.epoch = 0
         self.batch = 0
+        self._out_pool: ViewPool | None = None  # reused CPU output batches (_to_batch)
         self.plan(0)  # a one-line error now if the data cannot fill one global batch
 
     # ---------------------------------------------------------------- contract
@@ -136,6 +142,19 @@ class BaseLoader:
                   indices: Tensor, valid: Tensor) -> Batch:
         """Cropped uint8 views ([B, 3, res, res], any device) -> the finished Batch."""
         nb = self.device.type == "cuda"
+        if self.device.type == "cpu" and view_pool.available():
+            # CPU views go into batches the caller has let go of (view_pool: fresh pages cost as
+            # much as the fused colour ops); none free -> new ones
+            if self._out_pool is None:
+                self._out_pool = ViewPool.of_views(OUT_POOL_SLOTS, len(cropped), self.cfg.batch_size,
+                                                   self.cfg.resolution, self.dtype, self.augment.channels_last,
+                                                   shared=False)
+            slot = self._out_pool.take() if cropped[0].shape[0] == self.cfg.batch_size else NO_SLOT
+            outs = self._out_pool.slots[slot] if slot != NO_SLOT else [None] * len(cropped)
+            views = [self.augment.finish(c, p, out=o) for c, p, o in zip(cropped, params, outs)]
+            if slot != NO_SLOT:
+                views = self._out_pool.hand_out(slot)
+            return self._finished_batch(views, params, labels, indices, valid)
         views = [self.augment.finish(c.to(self.device, non_blocking=nb), p) for c, p in zip(cropped, params)]
         return self._finished_batch(views, params, labels, indices, valid)
 

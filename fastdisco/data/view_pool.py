@@ -1,4 +1,5 @@
-"""Output batches in shared memory that DataLoader workers write into and the main process reuses.
+"""Reusable output batches: shared ones that DataLoader workers write into, and plain ones for the
+CPU loaders that finish views in the main process (dali, ffcv, torch without workers).
 
 Without this, a worker puts every batch it makes into fresh shared memory (as default_collate
 does): for two float32 224 px views of 32 images that is 38 MB to allocate, zero and fault in
@@ -15,7 +16,9 @@ A slot is free when it is not in flight and no tensor outside the pool still use
 (the storage's reference count), so a batch the caller keeps, or a view of it, is never
 overwritten. When no slot is free the task carries none and the worker allocates as usual.
 Where this torch lacks the reference count, `available()` is False and the loader does not use
-a pool.
+a pool. The same bookkeeping serves the in-process CPU loaders (shared=False): a fresh float32
+224 px view is 600 KB of new pages whose first-touch faults cost about as much as its fused
+colour ops, so they too write into batches the caller has let go of.
 """
 from __future__ import annotations
 
@@ -33,16 +36,28 @@ def _use_count(t: Tensor) -> int:
     return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
 
 
-class SharedViewPool:
-    """`slots` batches of `views` shared tensors of `shape` / `stride` / `dtype`."""
+def _new(shape: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype, shared: bool) -> Tensor:
+    t = torch.empty_strided(shape, stride, dtype=dtype)
+    return t.share_memory_() if shared else t
+
+
+class ViewPool:
+    """`slots` batches of `views` tensors of `shape` / `stride` / `dtype`, in shared memory if `shared`."""
 
     def __init__(self, slots: int, views: int, shape: tuple[int, ...], stride: tuple[int, ...],
-                 dtype: torch.dtype):
-        self.slots = [[torch.empty_strided(shape, stride, dtype=dtype).share_memory_() for _ in range(views)]
-                      for _ in range(slots)]
+                 dtype: torch.dtype, shared: bool = True):
+        self.slots = [[_new(shape, stride, dtype, shared) for _ in range(views)] for _ in range(slots)]
         # each tensor's storage use count while only the pool holds it
         self._idle = [[_use_count(t) for t in ts] for ts in self.slots]
         self._in_flight: set[int] = set()
+
+    @classmethod
+    def of_views(cls, slots: int, views: int, batch: int, resolution: int, dtype: torch.dtype,
+                 channels_last: bool, shared: bool = True) -> "ViewPool":
+        """Slots shaped like a loader's output views: [batch, 3, res, res], channels_last or not."""
+        hw = resolution * resolution
+        stride = (3 * hw, 1, 3 * resolution, 3) if channels_last else (3 * hw, hw, resolution, 1)
+        return cls(slots, views, (batch, 3, resolution, resolution), stride, dtype, shared)
 
     def __len__(self) -> int:
         return len(self.slots)

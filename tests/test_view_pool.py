@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdisco.data import shared_views
-from fastdisco.data.shared_views import NO_SLOT, SharedViewPool
+from fastdisco.data import view_pool
+from fastdisco.data.view_pool import NO_SLOT, ViewPool
 
-pytestmark = pytest.mark.skipif(not shared_views.available(), reason="this torch has no storage use count")
+pytestmark = pytest.mark.skipif(not view_pool.available(), reason="this torch has no storage use count")
 
 
 def _pool(slots=2):
-    return SharedViewPool(slots, 2, (2, 3, 4, 4), (48, 1, 12, 3), torch.float32)
+    return ViewPool(slots, 2, (2, 3, 4, 4), (48, 1, 12, 3), torch.float32)
 
 
 def test_slot_is_busy_in_flight_and_while_any_tensor_on_it_lives():
