@@ -14,11 +14,12 @@ from fastdisco.kernels import infonce_loss, infonce_loss_reference
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
-    """max |a - b| within tol of the scale of b (gradients of a mean loss are small)."""
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float, floor: float = 1e-2) -> None:
+    """max |a - b| within tol of the scale of b, never of less than floor (gradients of a mean
+    loss are small)."""
     a, b = a.double(), b.double()
     err = (a - b).abs().max().item()
-    assert err <= tol * max(b.abs().max().item(), 1e-2), f"max err {err:.3g}, scale {b.abs().max().item():.3g}"
+    assert err <= tol * max(b.abs().max().item(), floor), f"max err {err:.3g}, scale {b.abs().max().item():.3g}"
 
 
 def _inputs(N, D, K, dtype, device="cpu", seed=0):
@@ -34,7 +35,11 @@ def _compare(q, k, queue, dtype, temperature=0.2, upstream=1.7):
     tol = TOL[dtype]
     out = infonce_loss(q, k, queue, temperature, impl="triton")
     ref = infonce_loss_reference(q, k, queue, temperature)
-    _close(out, ref, tol)
+    # The loss is logsumexp(logits) - positive logit, a difference of terms up to 1/temperature:
+    # its rounding error scales with them, not with the (possibly ~0) loss. With a single logit
+    # (N=1, no queue) the exact loss is 0 and the kernel's exp2/log2 leaves one ulp of the logit,
+    # whose size depends on the CPU's SIMD math in numpy (AVX2 vs AVX-512) under the interpreter.
+    _close(out, ref, tol, floor=1.0 / temperature)
     got = torch.autograd.grad(out * upstream, [q, k])
     want = torch.autograd.grad(ref * upstream, [q, k])
     for a, b in zip(got, want):
