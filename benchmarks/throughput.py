@@ -189,7 +189,9 @@ def run_loader(args) -> list[dict]:
                 rounds[be] = None
                 continue
             ips, counts[be] = _time_epochs(ld, dev, args.epochs, set_epoch)
-            del ld  # its workers end before the next backend is timed
+            if hasattr(ld, "close"):  # fastdisco loaders: workers / DALI pipeline stop now, before the
+                ld.close()            # next loader forks its workers (a forked live pipeline segfaults)
+            del ld  # the official DataLoader's workers end with its last reference
             rounds.setdefault(be, []).append(ips)
             print(f"round {r + 1}/{args.repeats} {be:>26}: {ips:8.1f} source images/s")
     rows = []

@@ -59,12 +59,13 @@ def train(cfg, loader=None, teacher=None) -> dict:
     `teacher` may be injected (tests); otherwise built from cfg.data / cfg.model."""
     dist = init_distributed(cfg.train.device, cfg.train.dist_backend)
     try:
-        return _train(cfg, dist, loader, teacher)
+        with contextlib.ExitStack() as owned:  # closes what _train builds (the loader's workers)
+            return _train(cfg, dist, loader, teacher, owned)
     finally:
         cleanup()
 
 
-def _train(cfg, dist, loader, teacher) -> dict:
+def _train(cfg, dist, loader, teacher, owned: contextlib.ExitStack) -> dict:
     device, rank, world, main = dist.device, dist.rank, dist.world_size, dist.is_main
     tc, oc = cfg.train, cfg.optim
     _setup_determinism(cfg)
@@ -88,7 +89,8 @@ def _train(cfg, dist, loader, teacher) -> dict:
         from fastdisco.data.loader import make_loader
 
         view_dtype = torch.bfloat16 if (amp_dtype is not None and device.type == "cuda") else torch.float32
-        loader = make_loader(cfg.data, device=device, dtype=view_dtype, rank=rank, world_size=world)
+        loader = owned.enter_context(make_loader(cfg.data, device=device, dtype=view_dtype, rank=rank,
+                                                 world_size=world))
     accum = max(1, oc.grad_accum)
     steps_per_epoch = len(loader) // accum
     if steps_per_epoch < 1:

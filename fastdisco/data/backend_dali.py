@@ -95,22 +95,22 @@ class DaliLoader(BaseLoader):
         """external_source callback for a pipeline that starts at (epoch, start) and runs on into
         the next epochs, so DALI decodes ahead across an epoch boundary. It reads the JPEGs of
         each batch in the shared plan, draws the batch's params and queues them for _batches."""
-        views = self.augment.views
-        res = self.cfg.resolution
-        per_epoch = len(self)
+        # plain locals, not self: the pipeline holds this callback and the loader holds the pipeline
+        views, res, seed, rank, reader = self.augment.views, self.cfg.resolution, self.cfg.seed, self.rank, self.reader
+        per_epoch, plan_of_epoch = len(self), self.plan_of_epoch()
         plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
         def source(it: int):
             e, b = epoch + (start + it) // per_epoch, (start + it) % per_epoch
             if e not in plans:
                 plans.clear()  # one epoch ahead at most
-                plans[e] = self.plan(e)
+                plans[e] = plan_of_epoch(e)
             idx, valid = plans[e]
             ids = idx[b]
-            data = [self.reader.jpeg(int(i)) for i in ids]
+            data = [reader.jpeg(int(i)) for i in ids]
             hw = torch.tensor([jpeg_size(d) for d in data])
-            params = A.sample_params(A.make_generator(self.cfg.seed, e, self.rank, b), views, hw[:, 0], hw[:, 1], res)
-            labels = torch.tensor([self.reader.label(int(i)) for i in ids], dtype=torch.int64)
+            params = A.sample_params(A.make_generator(seed, e, rank, b), views, hw[:, 0], hw[:, 1], res)
+            labels = torch.tensor([reader.label(int(i)) for i in ids], dtype=torch.int64)
             pending.append((params, labels, torch.from_numpy(ids.copy()), torch.from_numpy(valid[b].copy())))
             out = [np.frombuffer(d, dtype=np.uint8) for d in data]
             rois = []
@@ -121,12 +121,18 @@ class DaliLoader(BaseLoader):
 
         return source
 
+    def _release(self) -> None:
+        # the last reference: DALI's Pipeline.__del__ stops its threads now
+        self._pipe, self._pending, self._next = None, deque(), None
+
     def _batches(self, idx: np.ndarray, valid: np.ndarray, start: int, epoch: int) -> Iterator[Batch]:
         if self._pipe is None or self._next != (epoch, start):
             self._pipe = None  # a jump (set_epoch / load_state_dict): what was read ahead is dropped
             self._pending = deque()
             self._pipe = self._pipeline(self._source(epoch, start, self._pending))
         for b in range(start, len(idx)):
+            if self._pipe is None:
+                raise FastdiscoError("dali loader: closed during a pass")
             outs = self._pipe.run()
             params, labels, ids, val = self._pending.popleft()
             self._next = (epoch, b + 1) if b + 1 < len(idx) else (epoch + 1, 0)

@@ -66,6 +66,9 @@ class FfcvLoader(BaseLoader):
         self._hw = np.stack([md[f"f{f}"]["height"], md[f"f{f}"]["width"]], 1).astype(np.int64)
         return loader
 
+    def _release(self) -> None:
+        self._loader = None  # its epoch thread ends with the pass; the compiled pipeline goes
+
     def _batches(self, idx: np.ndarray, valid: np.ndarray, start: int, epoch: int) -> Iterator[Batch]:
         order = idx[start:].reshape(-1).astype(np.uint64)
         if self._loader is None:
@@ -74,17 +77,26 @@ class FfcvLoader(BaseLoader):
         ld.indices = order  # a new sequence for this epoch / resume point; no recompile
         ld.traversal_order.indices = order
         V = self.num_views
-        for k, out in enumerate(ld):
-            b = start + k
-            named = dict(zip(self._names, out))
-            # ffcv reuses its output buffers for later batches: copy what the Batch keeps
-            ids = named["index"].reshape(-1).long().clone()
-            if not torch.equal(ids, torch.from_numpy(idx[b])):
-                raise RuntimeError("ffcv returned samples out of the planned order")  # guards the SEQUENTIAL assumption
-            hw = torch.from_numpy(self._hw[ids.numpy()])
-            params = A.sample_params(self.generator(b, epoch), self.augment.views, hw[:, 0], hw[:, 1], self.cfg.resolution)
-            for p in params:
-                p["crop"] = torch.full_like(p["crop"], float("nan"))  # drawn by ffcv, unknown
-            cropped = [named[f"view{v}"].permute(0, 3, 1, 2) for v in range(V)]
-            yield self._to_batch(cropped, params, named["label"].reshape(-1).long().clone(), ids,
-                                 torch.from_numpy(valid[b].copy()))
+        epoch_it = iter(ld)  # ffcv's EpochIterator: a thread decoding up to batches_ahead batches ahead
+        try:
+            for k, out in enumerate(epoch_it):
+                b = start + k
+                named = dict(zip(self._names, out))
+                # ffcv reuses its output buffers for later batches: copy what the Batch keeps
+                ids = named["index"].reshape(-1).long().clone()
+                if not torch.equal(ids, torch.from_numpy(idx[b])):
+                    raise RuntimeError("ffcv returned samples out of the planned order")  # guards the SEQUENTIAL assumption
+                hw = torch.from_numpy(self._hw[ids.numpy()])
+                params = A.sample_params(self.generator(b, epoch), self.augment.views, hw[:, 0], hw[:, 1],
+                                         self.cfg.resolution)
+                for p in params:
+                    p["crop"] = torch.full_like(p["crop"], float("nan"))  # drawn by ffcv, unknown
+                cropped = [named[f"view{v}"].permute(0, 3, 1, 2) for v in range(V)]
+                yield self._to_batch(cropped, params, named["label"].reshape(-1).long().clone(), ids,
+                                     torch.from_numpy(valid[b].copy()))
+        finally:
+            if epoch_it.is_alive():
+                # a pass left early (break, resume elsewhere, close): without this the thread waits
+                # forever to hand over its next batch, holding the loader and competing for the CPU
+                epoch_it.close()
+                epoch_it.join()

@@ -16,9 +16,9 @@ No extra dependency: this is also the reference backend.
 """
 from __future__ import annotations
 
-import functools
 import io
 import warnings
+import weakref
 from typing import Iterator
 
 import numpy as np
@@ -26,10 +26,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fastdisco.data import augment as A
-from fastdisco.data.loader import Batch, BaseLoader, rank_plan
+from fastdisco.data.loader import Batch, BaseLoader
 from fastdisco.data import view_pool
 from fastdisco.data.view_pool import NO_SLOT, ViewPool
 from fastdisco.data.wds_reader import SampleReader, ShardIndex
+from fastdisco.errors import FastdiscoError
 
 PREFETCH = 4    # batches in flight per worker
 POOL_SPARE = 3  # output batches beyond those in flight, for the ones the caller still holds
@@ -109,18 +110,21 @@ class _PlanBatches(Dataset):
 class _KeysFrom(Sampler):
     """(epoch, batch) keys from the loader's current start onwards, running on into the next
     epochs: the workers keep decoding across an epoch boundary instead of idling until the
-    next pass asks (a pass that starts elsewhere, after set_epoch / load_state_dict, restarts)."""
+    next pass asks (a pass that starts elsewhere, after set_epoch / load_state_dict, restarts).
+    Holds the loader weakly: the loader holds the DataLoader that holds this sampler."""
 
     def __init__(self, loader: "TorchLoader"):
-        self.loader = loader
+        self.loader = weakref.ref(loader)
 
     def __iter__(self):
         # runs from the first request, after a restarted DataLoader iterator dropped its tasks
-        pool = self.loader._pool
+        loader = self.loader()
+        if loader is None:
+            return
+        pool, (epoch, b), per_epoch = loader._pool, loader._start, len(loader)
+        del loader  # this generator lives in the DataLoader iterator: no strong reference back
         if pool is not None:
             pool.reset()
-        epoch, b = self.loader._start
-        per_epoch = len(self.loader)
         while True:
             for k in range(b, per_epoch):
                 yield epoch, k, (pool.take() if pool is not None else NO_SLOT)
@@ -146,8 +150,7 @@ class TorchLoader(BaseLoader):
         """One DataLoader for the loader's life: its workers persist across epochs."""
         if self._dl is None:
             # a plain function of the epoch (not this loader) travels to workers under any start method
-            plan = functools.partial(rank_plan, self.num_samples, self.cfg.batch_size, self.world_size, self.rank,
-                                     self.cfg.drop_last, self.cfg.seed, shuffle=self.shuffle)
+            plan = self.plan_of_epoch()
             nw = self.cfg.num_workers
             if self.mode == "finish":
                 A.warm_up_cpu()  # compiled (or loaded from numba's cache) once here; forked workers inherit it
@@ -163,12 +166,18 @@ class TorchLoader(BaseLoader):
                                   persistent_workers=nw > 0)
         return self._dl
 
+    def _release(self) -> None:
+        # the iterator's __del__ shuts the persistent workers down; the shared batches go with the pool
+        self._it = self._dl = self._pool = self._next = None
+
     def _batches(self, idx: np.ndarray, valid: np.ndarray, start: int, epoch: int) -> Iterator[Batch]:
         if self._it is None or self._next != (epoch, start):
             self._start = (epoch, start)
             self._it = iter(self._dataloader())
         nb = self.device.type == "cuda"
         for b in range(start, len(idx)):
+            if self._it is None:
+                raise FastdiscoError("torch loader: closed during a pass")
             payload, params, labels, ids, val = next(self._it)
             self._next = (epoch, b + 1) if b + 1 < len(idx) else (epoch + 1, 0)
             if not np.array_equal(ids.numpy(), idx[b]):  # the workers' plan must be the main process's

@@ -15,6 +15,7 @@ pass moves to {"epoch": e + 1, "batch": 0}.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -118,9 +119,30 @@ class BaseLoader:
             self.epoch, self.batch = self.epoch + 1, 0
 
     def plan(self, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        e = self.epoch if epoch is None else epoch
-        return rank_plan(self.num_samples, self.cfg.batch_size, self.world_size, self.rank,
-                         self.cfg.drop_last, self.cfg.seed, e, self.shuffle)
+        return self.plan_of_epoch()(self.epoch if epoch is None else epoch)
+
+    def plan_of_epoch(self):
+        """plan(epoch) as a plain function that does not hold this loader: for the workers and
+        pipeline callbacks the loader itself holds (no reference cycle keeps a dropped loader's
+        workers alive until the garbage collector runs)."""
+        return functools.partial(rank_plan, self.num_samples, self.cfg.batch_size, self.world_size, self.rank,
+                                 self.cfg.drop_last, self.cfg.seed, shuffle=self.shuffle)
+
+    def close(self) -> None:
+        """Stops the backend's workers / pipeline and frees its buffers now (also at the end of a
+        `with` block, or when the last reference is dropped); a later pass starts them again.
+        Worth calling before anything forks: a forked child must not inherit a live DALI pipeline."""
+        self._out_pool = None
+        self._release()
+
+    def _release(self) -> None:
+        """Backend resources (workers, pipelines) to drop; nothing for the base class."""
+
+    def __enter__(self) -> "BaseLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def generator(self, batch: int, epoch: int | None = None) -> torch.Generator:
         return make_generator(self.cfg.seed, self.epoch if epoch is None else epoch, self.rank, batch)
