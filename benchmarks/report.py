@@ -166,13 +166,17 @@ def step_section(rows: list[dict]) -> list[str]:
 def loader_section(rows: list[dict]) -> list[str]:
     out = ["## Loading and augmentation only (`--mode loader`)", "",
            "Two MoCo v2 views per image; `vs official` = images/s over the official DisCo pipeline "
-           "(torchvision ImageFolder + PIL in DataLoader workers over the original JPEGs) in the same run.", ""]
+           "(torchvision ImageFolder + PIL in DataLoader workers over the original JPEGs) in the same run. "
+           "Runs with several `rounds` (fresh loaders, rotated order) report the median images/s and "
+           "`worst round`, the lowest per-round ratio.", ""]
     if not rows:
         return out + ["No rows yet.", ""]
-    hdr = ["run", "backend", "data", "px", "batch", "workers", "images/s", "vs official", "commit", "date"]
+    hdr = ["run", "backend", "data", "px", "batch", "workers", "rounds", "images/s", "vs official", "worst round",
+           "commit", "date"]
     for label, rs in by_device(rows).items():
         body = [[r.get("run_id") or date(r), r.get("backend"), r.get("data"), r.get("resolution"), r.get("batch"),
-                 r.get("workers"), r.get("images_per_s"), ratio(r.get("vs_official")), commit(r), date(r)] for r in rs]
+                 r.get("workers"), r.get("repeats", 1), r.get("images_per_s"), ratio(r.get("vs_official")),
+                 ratio(r.get("vs_official_min_round")), commit(r), date(r)] for r in rs]
         out += [device_heading(label), ""] + table(hdr, body) + [""]
     return out
 
@@ -205,6 +209,24 @@ def prepare_section(rows: list[dict]) -> list[str]:
     for label, rs in by_device(rows).items():
         body = [[r.get("measure"), r.get("images"), r.get("size"), r.get("max_side"), r.get("workers"),
                  r.get("images_per_s"), r.get("bound_images_per_s"), r.get("efficiency"), commit(r), date(r)]
+                for r in rs]
+        out += [device_heading(label), ""] + table(hdr, body) + [""]
+    return out
+
+
+def augment_cpu_section(rows: list[dict]) -> list[str]:
+    out = ["## CPU augmentation kernel (`benchmarks/bench_augment_cpu.py`)", "",
+           "The CPU loaders' photometric ops per 224 px view: the fused numba kernel "
+           "(`fastdisco.data.augment_fused`) against the torch ops it replaces (its reference), timed "
+           "alternately in one run. `case`: all MoCo v2 ops or one of them; `input`: uint8 NHWC crops, float "
+           "crops, or the whole torch-worker pipeline (crop + ops + normalise).", ""]
+    if not rows:
+        return out + ["No rows yet.", ""]
+    hdr = ["case", "input", "batch", "threads", "torch ms/view", "fused ms/view", "speedup", "numba", "commit",
+           "date"]
+    for label, rs in by_device(rows).items():
+        body = [[r.get("case"), r.get("input"), r.get("batch"), r.get("threads"), r.get("torch_ms_per_view"),
+                 r.get("fused_ms_per_view"), ratio(r.get("speedup")), r.get("numba"), commit(r), date(r)]
                 for r in rs]
         out += [device_heading(label), ""] + table(hdr, body) + [""]
     return out
@@ -294,6 +316,7 @@ def build(results_dir: Path, out: Path, plots_dir: Path) -> str:
     tp = read_rows("throughput", results_dir)
     losses = read_rows("losses", results_dir)
     prep = read_rows("prepare", results_dir)
+    aug = read_rows("augment_cpu", results_dir)
     steps = [r for r in tp if r.get("mode") in ("model", "step")]
     loaders = [r for r in tp if r.get("mode") == "loader"]
     pngs = plots(tp, losses, plots_dir)
@@ -312,7 +335,7 @@ def build(results_dir: Path, out: Path, plots_dir: Path) -> str:
                   "standalone `--mode step` run was as slow. Not yet explained (oneDNN bf16 warm-up is a "
                   "suspect), so the CPU `model` ratios and `vs model` are not meaningful.", ""]
     lines += ["## To run on a GPU", "", GPU_COMMANDS, ""]
-    lines += step_section(steps) + loader_section(loaders) + losses_section(losses) + prepare_section(prep)
+    lines += step_section(steps) + loader_section(loaders) + augment_cpu_section(aug) + losses_section(losses) + prepare_section(prep)
     if pngs:
         lines += ["## Plots", ""]
         for p in pngs:
