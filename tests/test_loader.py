@@ -239,6 +239,31 @@ def test_close_or_drop_stops_workers_and_pipelines_at_once(prepared, backend, wo
         gc.enable()
 
 
+def test_ffcv_pass_left_after_its_last_read_still_ends_its_thread(prepared):
+    """Left with its last batches still queued, ffcv's epoch thread blocks putting its end marker
+    (a put without timeout): leaving the pass must still end it (a plain join hung the suite)."""
+    import threading
+    import time
+
+    if not _have("ffcv"):
+        pytest.skip("ffcv not installed")
+    from ffcv.loader.epoch_iterator import EpochIterator
+
+    ld = make_loader(cfg_for(prepared, "ffcv"))
+    it = iter(ld)
+    for _ in range(len(ld) - 2):  # the last 2 batches fill ffcv's queue (batches_ahead=2)
+        next(it)
+    thread = next(t for t in threading.enumerate() if isinstance(t, EpochIterator))
+    deadline = time.monotonic() + 60
+    while not thread.output_queue.full() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert thread.output_queue.full()
+    leave = threading.Thread(target=it.close, daemon=True)  # the pass's finally stops the thread
+    leave.start()
+    leave.join(timeout=60)
+    assert not leave.is_alive() and not thread.is_alive()
+
+
 def test_torch_workers_write_into_reused_shared_batches_without_overwriting_kept_ones(prepared):
     """Workers write CPU views into the pool's shared slots (fastdisco.data.view_pool); batches the
     caller keeps (here all 12 of two epochs, more than the pool's slots) must stay intact."""

@@ -25,6 +25,22 @@ from fastdisco.errors import FastdiscoError, require
 _HINT = "install ffcv 1.0.2 (see scripts/install and ENVIRONMENT.md), or choose data.backend=torch"
 
 
+def _stop_epoch_thread(epoch_it) -> None:
+    """Ends ffcv's EpochIterator thread. close() makes it quit at its next full-queue retry, but
+    once it has read every batch it puts the end marker without a timeout: drain the queue so
+    that put returns too (a plain join hung there)."""
+    import queue
+
+    epoch_it.close()
+    while epoch_it.is_alive():
+        try:
+            while True:
+                epoch_it.output_queue.get_nowait()
+        except queue.Empty:
+            pass
+        epoch_it.join(timeout=0.05)
+
+
 class FfcvLoader(BaseLoader):
     backend = "ffcv"
 
@@ -98,5 +114,4 @@ class FfcvLoader(BaseLoader):
             if epoch_it.is_alive():
                 # a pass left early (break, resume elsewhere, close): without this the thread waits
                 # forever to hand over its next batch, holding the loader and competing for the CPU
-                epoch_it.close()
-                epoch_it.join()
+                _stop_epoch_thread(epoch_it)
