@@ -9,7 +9,7 @@ default data, with the same commands a user runs.
    write runs/demo/results.json.
 
 Every step is resumable: re-running skips prepared data, finished runs and finished evals.
-Scale: `--scale cpu` (a 5,000-image subset at 32 px, a few epochs: under 10 minutes on a 2-core
+Scale: `--scale cpu` (a 5,000-image subset at 32 px, a few epochs: 10-17 minutes on a 2-core
 CPU) or `--scale gpu` (the full 60,000 / 10,000 split, longer); `auto` picks by CUDA.
 """
 from __future__ import annotations
