@@ -163,36 +163,38 @@ def step_section(rows: list[dict]) -> list[str]:
     return out
 
 
-def loader_section(rows: list[dict]) -> list[str]:
-    out = ["## Loading and augmentation only (`--mode loader`)", "",
-           "Two MoCo v2 views per image; `vs official` = images/s over the official DisCo pipeline "
-           "(torchvision ImageFolder + PIL in DataLoader workers over the original JPEGs) in the same run. "
-           "Runs with several `rounds` (fresh loaders, rotated order) report the median images/s and "
-           "`worst round`, the lowest per-round ratio.", ""]
+def per_device_section(intro: list[str], rows: list[dict], hdr: list[str], cells) -> list[str]:
+    """A section of one table per device: `intro` lines, then `cells(row)` under `hdr`."""
+    out = list(intro)
     if not rows:
         return out + ["No rows yet.", ""]
+    for label, rs in by_device(rows).items():
+        out += [device_heading(label), ""] + table(hdr, [cells(r) for r in rs]) + [""]
+    return out
+
+
+def loader_section(rows: list[dict]) -> list[str]:
+    intro = ["## Loading and augmentation only (`--mode loader`)", "",
+             "Two MoCo v2 views per image; `vs official` = images/s over the official DisCo pipeline "
+             "(torchvision ImageFolder + PIL in DataLoader workers over the original JPEGs) in the same run. "
+             "Runs with several `rounds` (fresh loaders, rotated order) report the median images/s and "
+             "`worst round`, the lowest per-round ratio.", ""]
     hdr = ["run", "backend", "data", "px", "batch", "workers", "rounds", "images/s", "vs official", "worst round",
            "commit", "date"]
-    for label, rs in by_device(rows).items():
-        body = [[r.get("run_id") or date(r), r.get("backend"), r.get("data"), r.get("resolution"), r.get("batch"),
-                 r.get("workers"), r.get("repeats", 1), r.get("images_per_s"), ratio(r.get("vs_official")),
-                 ratio(r.get("vs_official_min_round")), commit(r), date(r)] for r in rs]
-        out += [device_heading(label), ""] + table(hdr, body) + [""]
-    return out
+    return per_device_section(intro, rows, hdr, lambda r: [
+        r.get("run_id") or date(r), r.get("backend"), r.get("data"), r.get("resolution"), r.get("batch"),
+        r.get("workers"), r.get("repeats", 1), r.get("images_per_s"), ratio(r.get("vs_official")),
+        ratio(r.get("vs_official_min_round")), commit(r), date(r)])
 
 
 def losses_section(rows: list[dict]) -> list[str]:
-    out = ["## Loss kernels (`benchmarks/bench_losses.py`)", "",
-           "Fused Triton losses vs the eager PyTorch reference and its torch.compile; forward, backward and "
-           "both (ms), and the peak extra memory of forward + backward (CUDA only).", ""]
-    if not rows:
-        return out + ["No rows yet.", ""]
+    intro = ["## Loss kernels (`benchmarks/bench_losses.py`)", "",
+             "Fused Triton losses vs the eager PyTorch reference and its torch.compile; forward, backward and "
+             "both (ms), and the peak extra memory of forward + backward (CUDA only).", ""]
     hdr = ["loss", "sizes", "impl", "dtype", "fwd ms", "bwd ms", "fwd+bwd ms", "peak extra MiB", "commit", "date"]
-    for label, rs in by_device(rows).items():
-        body = [[r.get("loss"), _sizes(r), r.get("impl"), r.get("dtype"), r.get("fwd_ms"), r.get("bwd_ms"),
-                 r.get("fwd_bwd_ms"), r.get("peak_extra_mib"), commit(r), date(r)] for r in rs]
-        out += [device_heading(label), ""] + table(hdr, body) + [""]
-    return out
+    return per_device_section(intro, rows, hdr, lambda r: [
+        r.get("loss"), _sizes(r), r.get("impl"), r.get("dtype"), r.get("fwd_ms"), r.get("bwd_ms"),
+        r.get("fwd_bwd_ms"), r.get("peak_extra_mib"), commit(r), date(r)])
 
 
 def _sizes(r: dict) -> str:
@@ -200,36 +202,26 @@ def _sizes(r: dict) -> str:
 
 
 def prepare_section(rows: list[dict]) -> list[str]:
-    out = ["## prepare-data (`benchmarks/bench_prepare.py`)", "",
-           "Source images/s converted, and the per-core decode + resize + encode bound it is compared to.", ""]
-    if not rows:
-        return out + ["No rows yet.", ""]
+    intro = ["## prepare-data (`benchmarks/bench_prepare.py`)", "",
+             "Source images/s converted, and the per-core decode + resize + encode bound it is compared to.", ""]
     hdr = ["measure", "images", "size", "max side", "workers", "images/s", "bound images/s", "efficiency",
            "commit", "date"]
-    for label, rs in by_device(rows).items():
-        body = [[r.get("measure"), r.get("images"), r.get("size"), r.get("max_side"), r.get("workers"),
-                 r.get("images_per_s"), r.get("bound_images_per_s"), r.get("efficiency"), commit(r), date(r)]
-                for r in rs]
-        out += [device_heading(label), ""] + table(hdr, body) + [""]
-    return out
+    return per_device_section(intro, rows, hdr, lambda r: [
+        r.get("measure"), r.get("images"), r.get("size"), r.get("max_side"), r.get("workers"),
+        r.get("images_per_s"), r.get("bound_images_per_s"), r.get("efficiency"), commit(r), date(r)])
 
 
 def augment_cpu_section(rows: list[dict]) -> list[str]:
-    out = ["## CPU augmentation kernel (`benchmarks/bench_augment_cpu.py`)", "",
-           "The CPU loaders' photometric ops per 224 px view: the fused numba kernel "
-           "(`fastdisco.data.augment_fused`) against the torch ops it replaces (its reference), timed "
-           "alternately in one run. `case`: all MoCo v2 ops or one of them; `input`: uint8 NHWC crops, float "
-           "crops, or the whole torch-worker pipeline (crop + ops + normalise).", ""]
-    if not rows:
-        return out + ["No rows yet.", ""]
+    intro = ["## CPU augmentation kernel (`benchmarks/bench_augment_cpu.py`)", "",
+             "The CPU loaders' photometric ops per 224 px view: the fused numba kernel "
+             "(`fastdisco.data.augment_fused`) against the torch ops it replaces (its reference), timed "
+             "alternately in one run. `case`: all MoCo v2 ops or one of them; `input`: uint8 NHWC crops, float "
+             "crops, or the whole torch-worker pipeline (crop + ops + normalise).", ""]
     hdr = ["case", "input", "batch", "threads", "torch ms/view", "fused ms/view", "speedup", "numba", "commit",
            "date"]
-    for label, rs in by_device(rows).items():
-        body = [[r.get("case"), r.get("input"), r.get("batch"), r.get("threads"), r.get("torch_ms_per_view"),
-                 r.get("fused_ms_per_view"), ratio(r.get("speedup")), r.get("numba"), commit(r), date(r)]
-                for r in rs]
-        out += [device_heading(label), ""] + table(hdr, body) + [""]
-    return out
+    return per_device_section(intro, rows, hdr, lambda r: [
+        r.get("case"), r.get("input"), r.get("batch"), r.get("threads"), r.get("torch_ms_per_view"),
+        r.get("fused_ms_per_view"), ratio(r.get("speedup")), r.get("numba"), commit(r), date(r)])
 
 
 # --------------------------------------------------------------------------- plots
