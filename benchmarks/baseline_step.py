@@ -6,7 +6,7 @@ non_blocking=True)` per view), fp32 eager (no autocast, no torch.compile), defau
 (contiguous) memory format, unfused losses, the teacher run on both views, plain per-GPU BN
 (shuffle-BN needs several GPUs), and torch.optim.SGD without `fused`.
 
-The objective is the same math as fastdisco's (fastdisco.methods with the plain-PyTorch loss
+The objective is the same math as fastdisco's (fastdisco.models.methods with the plain-PyTorch loss
 references), so the ratio fastdisco / baseline measures the engineering (input pipeline,
 precision, layout, compilation, fused kernels), not a different loss.
 """
@@ -17,7 +17,7 @@ import copy
 import torch
 
 from fastdisco.config import Config, apply_overrides
-from fastdisco.data.loader import Batch
+from fastdisco.loader import Batch
 
 BASELINE_BACKEND = "official_disco_torchvision"
 

@@ -8,13 +8,13 @@ Cases (every op of a case fires on every image; sigma and jitter factors drawn a
   blur      blur, normalise
   normalise nothing but clamp / 255 and normalise
 each timed on the crops the loaders hand over: `u8_nhwc` (dali / ffcv: uint8 NHWC views,
-through augment.finish_cpu) and `f32` (float crops [0, 255], planar: crop_one's float output),
+through augment.photometric_cpu) and `f32` (float crops [0, 255], planar: crop_one's float output),
 and, for the whole pipeline, `pipeline` (augment.augment_cpu with crop_u8=True on 320x240
 uint8 sources: the torch loader's worker path, crop + resize included).
 
 Time per view = median over --repeats of (one batch of --batch views, images one after
 another on one thread) / batch, the two kernels alternating; torch runs with 1 thread, as in
-the loaders' pools. One float32 channels_last output batch is reused (finish_cpu(out=),
+the loaders' pools. One float32 channels_last output batch is reused (photometric_cpu(out=),
 augment_cpu(outs=)), as in the torch loader's shared slots. Rows go
 to benchmarks/results/augment_cpu.jsonl (results_io.append_rows), wall clock: on a shared
 machine compare the two kernels within one run.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks.results_io import append_rows  # noqa: E402
-from fastdisco.data import augment as A  # noqa: E402
+from fastdisco import augment as A  # noqa: E402
 
 CASES = {
     "all": ("jitter", "gray", "blur", "solarize", "flip"),
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         p = _params(g, B, res, on, res, res)
         p_src = _params(g, B, res, on, 240, 320)
         inputs = {
-            "u8_nhwc": lambda: A.finish_cpu(crops_u8, p, res, torch.float32, out=out),
-            "f32": lambda: A.finish_cpu(crops_f32, p, res, torch.float32, out=out),
+            "u8_nhwc": lambda: A.photometric_cpu(crops_u8, p, res, torch.float32, out=out),
+            "f32": lambda: A.photometric_cpu(crops_f32, p, res, torch.float32, out=out),
             "pipeline": lambda: A.augment_cpu(src, [p_src], res, torch.float32, crop_u8=True, outs=[out]),
         }
         for name, fn in inputs.items():

@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.results_io import append_rows  # noqa: E402
-from fastdisco.data import images  # noqa: E402
-from fastdisco.data.prepare import prepare_dataset  # noqa: E402
-from fastdisco.data.synthetic import make_image  # noqa: E402
+from fastdisco.dataset import images  # noqa: E402
+from fastdisco.dataset.prepare import prepare_dataset  # noqa: E402
+from fastdisco.dataset.recipes.synthetic import make_image  # noqa: E402
 
 
 def write_inputs(root: Path, n: int, w: int, h: int, classes: int = 10) -> list[Path]:
@@ -65,7 +65,7 @@ def main() -> None:
         bound = per_core * args.workers
 
         if not args.no_ffcv:
-            import fastdisco.data.beton  # noqa: F401  (ffcv's ~5 s import is not throughput)
+            import fastdisco.dataset.beton  # noqa: F401  (ffcv's ~5 s import is not throughput)
         common = dict(images=args.images, size=f"{args.width}x{args.height}", max_side=args.max_side,
                       quality=args.quality, workers=args.workers, cpu_count=os.cpu_count())
         rows = [{**common, "measure": "bound_per_core", "images_per_s": round(per_core, 1)}]

@@ -1,12 +1,12 @@
 """One training step of fastdisco, built from the engine's own pieces, for benchmarks/throughput.py.
 
-`build_setup(cfg, device)` makes what `fastdisco.train` makes (student, method, optimizer, the
+`build_setup(cfg, device)` makes what `fastdisco.engine.trainer` makes (student, method, optimizer, the
 separately compiled student / key encoder / teacher, autocast) and `train_step(setup, batch)`
 does one optimizer step the way train.py's loop does with grad_accum=1 (forward + loss under
 autocast, backward, on-device found_inf, fused optimizer step, zero_grad, momentum update).
-It does not re-implement any model or loss: `fastdisco.methods` computes the objective.
+It does not re-implement any model or loss: `fastdisco.models.methods` computes the objective.
 
-The teacher is a randomly initialised timm model wrapped in `fastdisco.teacher.Teacher` (for a
+The teacher is a randomly initialised timm model wrapped in `fastdisco.models.teacher.Teacher` (for a
 speed measurement its weights do not matter; load_teacher refuses to run without a checkpoint).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch.nn as nn
 
 import fastdisco._compat  # noqa: F401  (torchvision import fix on CPU torch)
 from fastdisco.config import Config
-from fastdisco.data.loader import Batch
+from fastdisco.loader import Batch
 
 # Dense bf16 tensor-core peak, TFLOP/s (vendor data sheets, no sparsity). Matched by substring
 # of torch.cuda.get_device_name(); more specific names first.
@@ -46,8 +46,8 @@ def random_teacher(model_cfg, output: str) -> nn.Module:
     teachers get MoCo v2's projection head (d -> teacher_proj_hidden -> proj_dim)."""
     import timm
 
-    from fastdisco.data.augment import IMAGENET_MEAN, IMAGENET_STD
-    from fastdisco.teacher import Teacher
+    from fastdisco.augment.recipes import IMAGENET_MEAN, IMAGENET_STD
+    from fastdisco.models.teacher import Teacher
 
     logits = output == "logits"
     backbone = timm.create_model(model_cfg.teacher, pretrained=False,
@@ -78,12 +78,12 @@ class StepSetup:
 
 
 def build_setup(cfg: Config, device: torch.device, teacher: nn.Module | None = None) -> StepSetup:
-    """Student, teacher, method and optimizer exactly as fastdisco.train._train builds them
+    """Student, teacher, method and optimizer exactly as fastdisco.engine.trainer._train builds them
     (same seeding order). `teacher` defaults to `random_teacher` when the method needs one."""
-    from fastdisco.methods import METHODS, build_method
-    from fastdisco.models import build_student
-    from fastdisco.optim import build_optimizer, scaled_lr, supports_found_inf
-    from fastdisco.train import _setup_determinism
+    from fastdisco.models.methods import METHODS, build_method
+    from fastdisco.models.student import build_student
+    from fastdisco.engine.optim import build_optimizer, scaled_lr, supports_found_inf
+    from fastdisco.engine.trainer import _setup_determinism
 
     _setup_determinism(cfg)
     cls = METHODS[cfg.method.name]
@@ -223,7 +223,7 @@ def part_fns(s: StepSetup, batch) -> dict[str, Callable[[], object]]:
     """Each part of a training step as its own callable, for separately timed sub-runs:
     teacher (no grad), student forward + backward, momentum encoder (key forward + EMA), loss
     (method.step with the networks replaced by their cached outputs, + backward), optimizer."""
-    from fastdisco.models import ema_update
+    from fastdisco.models.student import ema_update
 
     m, name = s.method, s.cfg.method.name
     views = batch.views

@@ -214,7 +214,7 @@ def prepare_section(rows: list[dict]) -> list[str]:
 def augment_cpu_section(rows: list[dict]) -> list[str]:
     intro = ["## CPU augmentation kernel (`benchmarks/bench_augment_cpu.py`)", "",
              "The CPU loaders' photometric ops per 224 px view: the fused numba kernel "
-             "(`fastdisco.data.augment_fused`) against the torch ops it replaces (its reference), timed "
+             "(`fastdisco.augment.cpu_fused`) against the torch ops it replaces (its reference), timed "
              "alternately in one run. `case`: all MoCo v2 ops or one of them; `input`: uint8 NHWC crops, float "
              "crops, or the whole torch-worker pipeline (crop + ops + normalise).", ""]
     hdr = ["case", "input", "batch", "threads", "torch ms/view", "fused ms/view", "speedup", "numba", "commit",

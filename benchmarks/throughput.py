@@ -66,8 +66,8 @@ def _sync(device) -> None:
 
 def make_synthetic(root: Path, n: int) -> tuple[Path, Path]:
     """n class-folder JPEGs of 500x375 (ImageNet's typical size) and their prepared dataset."""
-    from fastdisco.data.prepare import prepare_dataset
-    from fastdisco.data.synthetic import write_synthetic_folder
+    from fastdisco.dataset.prepare import prepare_dataset
+    from fastdisco.dataset.recipes.synthetic import write_synthetic_folder
 
     classes = 4
     src = write_synthetic_folder(root / "src", num_classes=classes, per_class=max(1, n // classes),
@@ -143,7 +143,7 @@ def _loader_for(be: str, args, data: Path, src: Path | None, device):
     import torch
 
     from fastdisco.config import DataConfig
-    from fastdisco.data.loader import make_loader
+    from fastdisco.loader import make_loader
 
     if be == OFFICIAL:
         return official_baseline_loader(src, args.batch, args.workers, args.resolution), None, torch.device("cpu")
@@ -258,7 +258,7 @@ def _free() -> None:
 def _describe(cfg, device, args, mode: str, impl: str, backend: str | None) -> dict:
     import torch
 
-    from fastdisco.methods import METHODS
+    from fastdisco.models.methods import METHODS
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     row = dict(mode=mode, impl=impl, method=cfg.method.name,
@@ -341,7 +341,7 @@ def _report(row: dict) -> None:
 def _run_model(args, impl: str) -> dict:
     from baseline_step import baseline_config, official_backend_flags
     from bench_step import build_setup, synthetic_batch, train_step
-    from fastdisco.methods import METHODS
+    from fastdisco.models.methods import METHODS
 
     _free()
     device = _device(args)
@@ -362,8 +362,8 @@ def _run_step(args, impl: str) -> dict | None:
 
     from baseline_step import BASELINE_BACKEND, baseline_config, official_backend_flags, official_batches
     from bench_step import build_setup, train_step
-    from fastdisco.data.loader import make_loader
-    from fastdisco.methods import METHODS
+    from fastdisco.loader import make_loader
+    from fastdisco.models.methods import METHODS
 
     _free()
     device = _device(args)

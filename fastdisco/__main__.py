@@ -1,3 +1,3 @@
-from fastdisco.cli import main
+from fastdisco.cli.main import main
 
 raise SystemExit(main())

@@ -20,7 +20,7 @@ from fastdisco.errors import FastdiscoError
 # --------------------------------------------------------------------------- sections
 @dataclass
 class DataConfig:
-    """What to read and how to augment it (fastdisco.data.loader)."""
+    """What to read and how to augment it (fastdisco.loader)."""
 
     path: str = ""                      # a prepared dataset (output of `fastdisco prepare-data`)
     backend: Literal["torch", "dali", "ffcv"] = "torch"
@@ -43,7 +43,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Student, its projection head, and the frozen teacher (fastdisco.models, fastdisco.teacher)."""
+    """Student, its projection head, and the frozen teacher (fastdisco.models.student, fastdisco.models.teacher)."""
 
     student: str = "efficientnet_b0"    # any timm model name (randomly initialised, never downloaded)
     num_classes: int = 1000             # ssld / supervised only: the student's logits, must match the teacher's
@@ -65,7 +65,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """The training objective (fastdisco.methods)."""
+    """The training objective (fastdisco.models.methods)."""
 
     name: Literal["mocov2", "disco", "ssld", "supervised"] = "disco"
     temperature: float = 0.2            # InfoNCE (MoCo v2 / DisCo: 0.2)
@@ -74,7 +74,7 @@ class MethodConfig:
     distill_weight: float = 1.0         # DisCo: weight of each view's distillation term
     # "mean": batch-mean (2 - 2 cos) per view. "sum": the official DisCo code's MSELoss(sum) over
     # its per-GPU batch of 32, reproduced as exactly 32 x the batch mean whatever our per-device
-    # batch is (fastdisco.methods.OFFICIAL_DISCO_PER_GPU_BATCH); see RECIPES.md.
+    # batch is (fastdisco.models.methods.OFFICIAL_DISCO_PER_GPU_BATCH); see RECIPES.md.
     distill_reduction: Literal["mean", "sum"] = "mean"
     ssld_loss: Literal["symkl", "soft_ce"] = "symkl"  # SSLD: symmetric KL or soft-label CE
     kl_temperature: float = 1.0         # SSLD softmax temperature (paper: 1)
@@ -83,7 +83,7 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer and schedule (fastdisco.optim). No weight decay on norms and biases."""
+    """Optimizer and schedule (fastdisco.engine.optim). No weight decay on norms and biases."""
 
     name: Literal["sgd", "lars", "adamw"] = "sgd"
     lr: float = 0.03                    # at base_batch; scaled linearly with the global batch
@@ -275,7 +275,7 @@ def from_dict(d: dict, cls=Config):
 def save_yaml(cfg, path: str | Path) -> None:
     import yaml
 
-    from fastdisco.io_utils import atomic_write
+    from fastdisco.io import atomic_write
 
     with atomic_write(path, "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run(argv: list[str]) -> None:
     """Run one fastdisco command in-process, echoing it the way a user would type it."""
-    from fastdisco.cli import main
+    from fastdisco.cli.main import main
     from fastdisco.errors import FastdiscoError
 
     print(f"\n$ fastdisco {shlex.join(argv)}", flush=True)
@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
         rows.append({"model": label, "run": str(run), "knn_top1": knn["top1"], "linear_top1": lin["top1"],
                      "train_images_per_s": _speed(run)})
 
-    from fastdisco.io_utils import write_json
+    from fastdisco.io import write_json
     from fastdisco.provenance import collect
 
     write_json(out / "results.json", {"dataset": dataset, "scale": scale, "rows": rows,

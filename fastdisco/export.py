@@ -77,7 +77,7 @@ def export_backbone(ckpt_path: str | Path, out: str | Path, *, resolution: int |
     from fastdisco import provenance
     from fastdisco.evaluation.backbone import (backbone_state_dict, build_timm, load_checkpoint,
                                                resolve_checkpoint, sidecar_path)
-    from fastdisco.io_utils import atomic_write, write_json
+    from fastdisco.io import atomic_write, write_json
 
     src = resolve_checkpoint(ckpt_path)
     ckpt = load_checkpoint(src)

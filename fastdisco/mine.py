@@ -172,7 +172,7 @@ def to_input(arrs: list[np.ndarray]):
     """uint8 HWC images -> float [B,3,H,W] normalised with IMAGENET_MEAN/STD (the loader's)."""
     import torch
 
-    from fastdisco.teacher import IMAGENET_MEAN, IMAGENET_STD
+    from fastdisco.models.teacher import IMAGENET_MEAN, IMAGENET_STD
 
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -185,7 +185,7 @@ class Pool:
     """The JPEG bytes of sample i of a prepared dataset (random access via the shard index)."""
 
     def __init__(self, root: str | Path):
-        from fastdisco.data.wds_reader import SampleReader, ShardIndex, load_manifest
+        from fastdisco.dataset.webdataset import SampleReader, ShardIndex, load_manifest
 
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
@@ -228,7 +228,7 @@ def _chunk_path(scores: Path, c: int) -> Path:
 
 def _check_meta(scores: Path, meta: dict, fresh: bool) -> None:
     """Scores from other settings must never be mixed in: refuse, or discard with --fresh."""
-    from fastdisco.io_utils import write_json
+    from fastdisco.io import write_json
 
     path = scores / "meta.json"
     if path.is_file() and not fresh:
@@ -251,7 +251,7 @@ def score_pool(pool: Pool, scores: Path, scorer: Scorer, meta: dict, chunk_size:
     import torch
     from tqdm import tqdm
 
-    from fastdisco.io_utils import atomic_write
+    from fastdisco.io import atomic_write
 
     scores.mkdir(parents=True, exist_ok=True)
     _check_meta(scores, {**meta, "num_samples": pool.num_samples, "chunk_size": chunk_size,
@@ -291,7 +291,7 @@ def run_mine(pool_dir: str | Path, out: str | Path, scorer: Scorer, *, top_k: in
              crop_pct: float = 0.875, workers: int = 2, fresh: bool = False, progress: bool = True) -> dict:
     """Score, de-duplicate, select and write (see the module docstring). Returns the summary."""
     from fastdisco import provenance
-    from fastdisco.io_utils import atomic_write, write_json
+    from fastdisco.io import atomic_write, write_json
 
     if top_k < 1:
         raise FastdiscoError(f"--top-k must be at least 1, got {top_k}")
@@ -368,7 +368,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from fastdisco.config import build_config
-    from fastdisco.teacher import load_teacher
+    from fastdisco.models.teacher import load_teacher
 
     sets = list(args.set)
     for flag, key in (("teacher", "teacher"), ("teacher_ckpt", "teacher_ckpt"), ("teacher_format", "teacher_format")):

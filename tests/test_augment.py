@@ -9,8 +9,8 @@ import fastdisco._compat  # noqa: F401  (torchvision import fix on CPU torch)
 import torchvision.transforms.functional as TF
 from torchvision.transforms import RandomResizedCrop
 
-from fastdisco.data import augment as A
-from fastdisco.data import augment_ops as ops
+from fastdisco import augment as A
+from fastdisco.augment import ops
 
 TOL = 1e-5  # float32 ops re-ordered only: differences are rounding
 
@@ -160,7 +160,7 @@ def test_pipeline_equals_torchvision_composition_per_image():
     g = A.make_generator(3, 1, 0, 7)
     B, res = 6, 24
     u8 = (torch.rand(B, 3, 40, 50, generator=g) * 255).round().to(torch.uint8)
-    aug = A.GpuAugment("mocov2", res, torch.float32)
+    aug = A.Augment("mocov2", res, torch.float32)
     hw_h, hw_w = torch.full((B,), 40), torch.full((B,), 50)
     params = aug.sample(g, hw_h, hw_w)
     for p in params:  # make every op fire on some sample
@@ -235,8 +235,8 @@ def test_cpu_image_path_equals_batched_path():
     # finish (on already cropped uint8 views, as dali / ffcv deliver them) == the same from float crops
     crops = (torch.rand(B, 3, res, res, generator=g) * 255).round().to(torch.uint8)
     (p,) = A.sample_params(g, A.RECIPES["byol"][1:], torch.full((B,), res), torch.full((B,), res), res)
-    aug = A.GpuAugment("byol", res, torch.bfloat16, cpu_threads=2)
-    got = aug.finish(crops, p)
+    aug = A.Augment("byol", res, torch.bfloat16, cpu_threads=2)
+    got = aug.photometric(crops, p)
     want = A.normalize(A.color_view(crops.float() / 255, p, res), torch.bfloat16)
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
     assert (got.float() - want.float()).abs().max() < 0.02  # bf16: one rounding step of ~2.6

@@ -14,11 +14,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-import fastdisco.data
-from fastdisco.data import augment as A
+import fastdisco.augment
+from fastdisco import augment as A
+from fastdisco.augment import cpu as AC
 
 pytest.importorskip("numba")
-from fastdisco.data import augment_fused as AF  # noqa: E402
+from fastdisco.augment import cpu_fused as AF  # noqa: E402
 
 TOL = 1e-5
 # torch's vectorised add(alpha=) / addcmul are one fma on AVX2 / AVX512 CPUs (the kernel's
@@ -69,7 +70,7 @@ def _both(crops: torch.Tensor, p: dict, res: int, channels_last: bool, dtype=tor
     out = {}
     for kernel in ("torch", "fused"):
         A.set_cpu_kernel(kernel)
-        out[kernel] = A.finish_cpu(crops, p, res, dtype, channels_last)
+        out[kernel] = A.photometric_cpu(crops, p, res, dtype, channels_last)
     A.set_cpu_kernel("fused")
     return out["torch"], out["fused"]
 
@@ -137,7 +138,7 @@ def test_batched_blur_weights_equal_color_ones_per_sample_kernels():
 
 
 def test_uint8_nhwc_crops_as_dali_and_ffcv_deliver_them():
-    """finish_cpu on uint8 NHWC views (a permuted batch): the kernel reads them as they are."""
+    """photometric_cpu on uint8 NHWC views (a permuted batch): the kernel reads them as they are."""
     B, res = 4, 33
     crops = (torch.rand(B, res, res, 3, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
     crops = crops.permute(0, 3, 1, 2)
@@ -147,7 +148,7 @@ def test_uint8_nhwc_crops_as_dali_and_ffcv_deliver_them():
         want, got = _both(crops, p, res, cl)
         _check(want, got, cl)
     out = torch.full((B, 3, res, res), float("nan"))  # a reused output batch (NCHW here)
-    assert A.finish_cpu(crops, p, res, torch.float32, out=out) is out
+    assert A.photometric_cpu(crops, p, res, torch.float32, out=out) is out
     assert torch.equal(out, got)
 
 
@@ -179,16 +180,16 @@ def test_fused_is_the_default_and_is_used(monkeypatch):
     """With numba importable the CPU path runs the fused kernel (no silent fallback)."""
     assert A.cpu_kernel() == "fused" and A.warm_up_cpu() == "fused"
     calls = []
-    real = AF.finish_one
-    monkeypatch.setattr(AF, "finish_one", lambda *a: calls.append(1) or real(*a))
+    real = AF.photometric_one
+    monkeypatch.setattr(AF, "photometric_one", lambda *a: calls.append(1) or real(*a))
     B, res = 3, 16
-    A.finish_cpu(_crops(B, res), _params(B, res, set(OPS)), res, torch.float32)
+    A.photometric_cpu(_crops(B, res), _params(B, res, set(OPS)), res, torch.float32)
     assert len(calls) == B
     # one compiled signature serves every input (float32 / uint8, planar / NHWC, both layouts)
-    assert len(AF._finish.signatures) == 1
+    assert len(AF._photometric.signatures) == 1
     A.set_cpu_kernel("torch")
     assert A.cpu_kernel() == "torch"
-    A.finish_cpu(_crops(B, res), _params(B, res, set(OPS)), res, torch.float32)
+    A.photometric_cpu(_crops(B, res), _params(B, res, set(OPS)), res, torch.float32)
     assert len(calls) == B
 
 
@@ -200,24 +201,24 @@ def test_bf16_output_falls_back_to_the_torch_ops():
     assert A.cpu_kernel(torch.bfloat16) == "torch"
     # and the kernel itself declines such an output (nothing written)
     out = torch.zeros(3, res, res, dtype=torch.bfloat16)
-    assert not AF.finish_one(crops[:1], AF.FusedView(A.host_params(p), res), 0, out)
+    assert not AF.photometric_one(crops[:1], AF.FusedView(A.host_params(p), res), 0, out)
     assert not out.any()
 
 
 def test_no_numba_falls_back(monkeypatch):
     """Where numba cannot be imported the torch ops run, with a warning saying so."""
     monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
-    monkeypatch.delitem(sys.modules, "fastdisco.data.augment_fused")
-    monkeypatch.delattr(fastdisco.data, "augment_fused")  # else `from fastdisco.data import` finds it
-    monkeypatch.setattr(A, "_fused_mod", None)
-    monkeypatch.setattr(A, "_fused_error", None)
+    monkeypatch.delitem(sys.modules, "fastdisco.augment.cpu_fused")
+    monkeypatch.delattr(fastdisco.augment, "cpu_fused")  # else `from fastdisco.augment import` finds it
+    monkeypatch.setattr(AC, "_fused_mod", None)
+    monkeypatch.setattr(AC, "_fused_error", None)
     with pytest.warns(UserWarning, match="fused CPU augmentation kernel is unavailable"):
         assert A.cpu_kernel() == "torch"
     B, res = 2, 16
     crops, p = _crops(B, res), _params(B, res, set(OPS))
-    got = A.finish_cpu(crops, p, res, torch.float32)
+    got = A.photometric_cpu(crops, p, res, torch.float32)
     A.set_cpu_kernel("torch")
-    assert torch.equal(A.finish_cpu(crops, p, res, torch.float32), got)
+    assert torch.equal(A.photometric_cpu(crops, p, res, torch.float32), got)
 
 
 def test_unknown_kernel_is_an_error():

@@ -1,7 +1,7 @@
 """benchmarks/throughput.py and benchmarks/report.py on this CPU: every mode for a couple of
 steps on tiny models and tiny prepared data, the JSON rows they append (fields, positive
 numbers, provenance), the README report built from them, and that the benchmark's training step
-is the engine's (same weights after one step as fastdisco.train)."""
+is the engine's (same weights after one step as fastdisco.engine.trainer)."""
 from __future__ import annotations
 
 import json
@@ -27,8 +27,8 @@ STEP_FIELDS = ("mode", "impl", "method", "teacher", "student", "resolution", "ba
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """32 tiny class-folder JPEGs and their prepared dataset (webdataset + DALI index only)."""
-    from fastdisco.data.prepare import prepare_dataset
-    from fastdisco.data.synthetic import write_synthetic_folder
+    from fastdisco.dataset.prepare import prepare_dataset
+    from fastdisco.dataset.recipes.synthetic import write_synthetic_folder
 
     root = tmp_path_factory.mktemp("bench")
     src = write_synthetic_folder(root / "src", num_classes=2, per_class=16, size=48, ext="jpg")
@@ -153,11 +153,11 @@ def test_peak_table():
 
 
 def test_bench_step_is_the_engine_step(tmp_path):
-    """One benchmark train_step == one optimizer step of fastdisco.train (same init, same batch)."""
+    """One benchmark train_step == one optimizer step of fastdisco.engine.trainer (same init, same batch)."""
     from bench_step import build_setup, train_step
     from train_utils import TinyLoader, TinyTeacher, tiny_cfg
 
-    from fastdisco.train import train
+    from fastdisco.engine.trainer import train
 
     cfg = tiny_cfg(tmp_path, "disco", train={"max_steps": 1, "ckpt_every": 1})
     train(cfg, loader=TinyLoader(), teacher=TinyTeacher())

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fastdisco.cli import main as cli_main
+from fastdisco.cli.main import main as cli_main
 from fastdisco.config import build_config
 from fastdisco.errors import FastdiscoError
 

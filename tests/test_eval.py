@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import nn
 
-from fastdisco.cli import main as cli_main
+from fastdisco.cli.main import main as cli_main
 from fastdisco.errors import FastdiscoError
 from fastdisco.evaluation import (balanced_subset, extract_features, knn_eval, linear_probe_fast,
                                   linear_probe_protocol, load_backbone, read_subset_file, semi_eval,
@@ -268,8 +268,8 @@ def test_load_backbone_strict_error_lists_keys(tmp_path):
 # --------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from fastdisco.data.prepare import prepare_dataset
-    from fastdisco.data.synthetic import write_synthetic_folder
+    from fastdisco.dataset.prepare import prepare_dataset
+    from fastdisco.dataset.recipes.synthetic import write_synthetic_folder
 
     root = tmp_path_factory.mktemp("evaldata")
     write_synthetic_folder(root / "src", num_classes=3, per_class=8, size=24, ext="jpg")

@@ -11,11 +11,11 @@ import safetensors.torch
 import timm
 import torch
 
-from fastdisco.cli import main as cli_main
+from fastdisco.cli.main import main as cli_main
 from fastdisco.config import Config, to_dict
 from fastdisco.export import export_backbone, export_onnx, timm_load
-from fastdisco.io_utils import atomic_torch_save
-from fastdisco.models import build_student, make_key_encoder
+from fastdisco.io import atomic_torch_save
+from fastdisco.models.student import build_student, make_key_encoder
 
 NAME = "test_resnet"  # tiny timm test model with BatchNorm (running stats must survive the export)
 

@@ -8,9 +8,9 @@ import textwrap
 import pytest
 import torch
 
-from fastdisco import cli
+from fastdisco.cli import main as cli
 from fastdisco.errors import FastdiscoError, MissingBackendError, require
-from fastdisco.io_utils import atomic_write, safe_torch_load, write_json
+from fastdisco.io import atomic_write, safe_torch_load, write_json
 from fastdisco.provenance import collect
 
 
@@ -30,7 +30,7 @@ def test_help_works_without_dali_and_ffcv():
         import sys
         for m in ("nvidia", "nvidia.dali", "ffcv"):
             sys.modules[m] = None
-        from fastdisco import cli
+        from fastdisco.cli import main as cli
         try:
             cli.main(["--help"])
         except SystemExit as e:
@@ -91,7 +91,7 @@ def test_provenance_is_filled():
 
 
 def test_wheel_has_no_generic_top_level_modules(tmp_path):
-    """kernels/ and datasets/ must install as fastdisco.kernels / fastdisco.datasets only."""
+    """Everything installs under fastdisco/ (no generic top-level `kernels` / `datasets`), data files included."""
     import pathlib
     import zipfile
 
@@ -106,7 +106,8 @@ def test_wheel_has_no_generic_top_level_modules(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top <= {"fastdisco", f"fastdisco-{fastdisco_version()}.dist-info"}, top
-    assert "fastdisco/kernels/__init__.py" in names and "fastdisco/datasets/__init__.py" in names
+    assert "fastdisco/kernels/__init__.py" in names and "fastdisco/dataset/recipes/__init__.py" in names
+    assert "fastdisco/dataset/recipes/imagenet100.txt" in names
 
 
 def fastdisco_version():

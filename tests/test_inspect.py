@@ -5,9 +5,9 @@ import shutil
 import pytest
 from PIL import Image
 
-from fastdisco.cli import main
-from fastdisco.data.prepare import prepare_dataset
-from fastdisco.data.synthetic import write_synthetic_folder
+from fastdisco.cli.main import main
+from fastdisco.dataset.prepare import prepare_dataset
+from fastdisco.dataset.recipes.synthetic import write_synthetic_folder
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_wrong_count_is_a_problem(capsys, dali_out, tmp_path):
 
 
 def test_corrupt_jpeg_is_a_problem(capsys, dali_out, tmp_path):
-    from fastdisco.data.shards import read_index
+    from fastdisco.dataset.webdataset import read_index
 
     out = damaged(dali_out, tmp_path)
     e = read_index(out / "shards" / "shard-00000.idx")[0]["jpg"]

@@ -11,8 +11,8 @@ import torch
 
 import fastdisco._compat  # noqa: F401
 from fastdisco.config import DataConfig
-from fastdisco.data import augment as A
-from fastdisco.data.loader import make_loader, rank_plan
+from fastdisco import augment as A
+from fastdisco.loader import make_loader, rank_plan
 from fastdisco.errors import FastdiscoError
 
 BACKENDS = ["torch", "dali", "ffcv"]
@@ -30,8 +30,8 @@ def _have(backend):
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
-    from fastdisco.data.prepare import prepare_dataset
-    from fastdisco.data.synthetic import write_synthetic_folder
+    from fastdisco.dataset.prepare import prepare_dataset
+    from fastdisco.dataset.recipes.synthetic import write_synthetic_folder
 
     root = tmp_path_factory.mktemp("loader")
     write_synthetic_folder(root / "src", num_classes=3, per_class=16, size=(48, 64), ext="jpg")
@@ -44,7 +44,7 @@ def coord_data(tmp_path_factory):
     """32 copies of one image whose R / G channels encode x / y, so a crop is readable back."""
     from PIL import Image
 
-    from fastdisco.data.prepare import prepare_dataset
+    from fastdisco.dataset.prepare import prepare_dataset
 
     root = tmp_path_factory.mktemp("coord")
     H, W = 60, 80
@@ -265,9 +265,9 @@ def test_ffcv_pass_left_after_its_last_read_still_ends_its_thread(prepared):
 
 
 def test_torch_workers_write_into_reused_shared_batches_without_overwriting_kept_ones(prepared):
-    """Workers write CPU views into the pool's shared slots (fastdisco.data.view_pool); batches the
+    """Workers write CPU views into the pool's shared slots (fastdisco.loader.view_pool); batches the
     caller keeps (here all 12 of two epochs, more than the pool's slots) must stay intact."""
-    from fastdisco.data import view_pool
+    from fastdisco.loader import view_pool
 
     if not view_pool.available():
         pytest.skip("this torch has no storage use count: no pool")
@@ -289,7 +289,7 @@ def test_reused_cpu_output_batches_never_change_a_batch_the_caller_keeps(prepare
     """CPU loaders write views into reused batches (view_pool). Every batch of two epochs is kept,
     some only through a view of one of its tensors, while the loader goes on; each must still hold
     what it held when it was yielded, and the reuse must really happen once batches are let go."""
-    from fastdisco.data import view_pool
+    from fastdisco.loader import view_pool
 
     if not _have(backend):
         pytest.skip(f"{backend} not installed")
@@ -335,11 +335,11 @@ def test_torch_backend_device_crop_equals_worker_crop(prepared):
     assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))
     # the CUDA crop_on=worker split (uint8 crops from the worker, colour ops after), run on the CPU
     ld = make_loader(cfg_for(prepared, "torch", crop_on="worker"))
-    ld.mode = "crop"
+    ld.worker_does = "crop"
     c = collect(ld, limit=1)[0]
     assert all(torch.equal(x, y) for x, y in zip(a.views, c.views))
     # Batch.params replays the views exactly from the decoded images
-    from fastdisco.data.backend_torch import decode_rgb, pad_stack
+    from fastdisco.loader.torch_backend import decode_rgb, pad_stack
 
     imgs = pad_stack([decode_rgb(ld.reader.jpeg(int(i))) for i in a.indices])
     for v, p in zip(a.views, a.params):

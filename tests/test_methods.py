@@ -8,9 +8,9 @@ import torch.nn as nn
 from fastdisco.config import Config, OptimConfig, apply_overrides
 from fastdisco.kernels import embedding_distill_loss_reference, infonce_loss_reference, soft_ce_loss_reference, \
     symmetric_kl_loss_reference
-from fastdisco.methods import OFFICIAL_DISCO_PER_GPU_BATCH, build_method
-from fastdisco.models import build_student
-from fastdisco.optim import LARS, build_optimizer, cosine_schedule, param_groups
+from fastdisco.models.methods import OFFICIAL_DISCO_PER_GPU_BATCH, build_method
+from fastdisco.models.student import build_student
+from fastdisco.engine.optim import LARS, build_optimizer, cosine_schedule, param_groups
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_utils import TinyLoader, TinyTeacher  # noqa: E402

@@ -8,8 +8,8 @@ import torch
 
 from fastdisco.config import Config, apply_overrides
 from fastdisco.errors import FastdiscoError
-from fastdisco.methods import build_method
-from fastdisco.models import GroupedBatchNorm2d, build_student
+from fastdisco.models.methods import build_method
+from fastdisco.models.student import GroupedBatchNorm2d, build_student
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_utils import TinyLoader  # noqa: E402
@@ -74,7 +74,7 @@ def test_unlabeled_and_too_few_logits_are_errors():
 
 
 def test_checkpoint_is_a_logits_teacher(tmp_path):
-    from fastdisco.teacher import load_teacher
+    from fastdisco.models.teacher import load_teacher
 
     torch.manual_seed(0)
     cfg = _cfg()

@@ -15,7 +15,7 @@ from PIL import Image, ImageEnhance
 import fastdisco  # noqa: F401
 from fastdisco import mine
 from fastdisco.errors import FastdiscoError
-from fastdisco.teacher import IMAGENET_MEAN, IMAGENET_STD
+from fastdisco.models.teacher import IMAGENET_MEAN, IMAGENET_STD
 
 SIZE = 48
 STRENGTHS = (120, 140, 160, 180, 200)   # dominant-channel value: the stub's confidence order
@@ -224,9 +224,9 @@ def test_scores_from_other_settings_refused(pool, tmp_path):
 def test_cli_with_tiny_teacher(pool, tmp_path):
     import timm
 
-    from fastdisco.cli import main
+    from fastdisco.cli.main import main
     from fastdisco.config import ModelConfig
-    from fastdisco.teacher import load_teacher
+    from fastdisco.models.teacher import load_teacher
 
     root, specs = pool
     torch.manual_seed(0)
@@ -249,7 +249,7 @@ def test_cli_with_tiny_teacher(pool, tmp_path):
     assert all(lab == int(pred[i]) for i, lab in listed)
     assert json.loads((out / "mine.json").read_text())["settings"]["teacher"] == "test_resnet"
     # the list is what `fastdisco prepare-data` reads (when that module is there)
-    sources = pytest.importorskip("fastdisco.data.sources")
+    sources = pytest.importorskip("fastdisco.dataset.sources")
     src = sources.list_source(out / "filelist.txt")
     assert len(src) == len(listed)
     assert all(isinstance(src.load(i), (bytes, Image.Image)) for i in range(len(src)))
@@ -258,7 +258,7 @@ def test_cli_with_tiny_teacher(pool, tmp_path):
 def test_cli_teacher_without_classifier_is_one_line_error(pool, tmp_path, capsys):
     import timm
 
-    from fastdisco.cli import main
+    from fastdisco.cli.main import main
 
     root, _ = pool
     torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=0).state_dict(), tmp_path / "t.pth")

@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastdisco.config import ModelConfig
-from fastdisco.models import (GroupedBatchNorm2d, KeyQueue, Student, build_student, convert_grouped_bn,
+from fastdisco.models.student import (GroupedBatchNorm2d, KeyQueue, Student, build_student, convert_grouped_bn,
                               ema_update, make_key_encoder, shuffled_forward)
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastdisco.data.images import convert, decode_rgb, target_size
-from fastdisco.data.prepare import prepare_dataset
-from fastdisco.data.shards import read_index
-from fastdisco.data.synthetic import make_image, write_synthetic_folder
+from fastdisco.dataset.images import convert, decode_rgb, target_size
+from fastdisco.dataset.prepare import prepare_dataset
+from fastdisco.dataset.webdataset import read_index
+from fastdisco.dataset.recipes.synthetic import make_image, write_synthetic_folder
 
 MAX_SIDE, QUALITY = 32, 85
 H, W = 40, 56  # one size for all, larger than MAX_SIDE: every image is resized to 23x32
@@ -144,7 +144,7 @@ def test_ffcv_loader_reads_beton(prepared):
 
 def test_beton_stores_the_shard_jpegs(prepared):
     pytest.importorskip("ffcv")
-    from fastdisco.data.inspect_cli import _beton_records
+    from fastdisco.dataset.inspect import _beton_records
 
     src, out, m, *_ = prepared
     rows = shard_samples(out, m)

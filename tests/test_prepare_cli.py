@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastdisco.cli import main
-from fastdisco.data.images import decode_rgb
-from fastdisco.data.shards import read_index
+from fastdisco.cli.main import main
+from fastdisco.dataset.images import decode_rgb
+from fastdisco.dataset.webdataset import read_index
 
 
 def run(capsys, *argv):
@@ -81,7 +81,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.mark.skipif(not (FMNIST / "t10k-labels-idx1-ubyte.gz").exists(), reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_recipe(capsys, tmp_path):
-    from fastdisco.data.fashion_mnist import CLASSES, load_split
+    from fastdisco.dataset.recipes.fashion_mnist import CLASSES, load_split
 
     rc, out, err = run(capsys, "--dataset", "fashion-mnist", "--split", "test", "--limit", "12",
                        tmp_path / "fm", "--format", "dali", "--shard-size", "5", "--no-progress")
@@ -110,7 +110,7 @@ def test_synthetic_recipe(capsys, tmp_path):
 
 
 def test_imagenet_flat_val_with_labels(tmp_path):
-    from fastdisco.data.prepare import resolve_source
+    from fastdisco.dataset.prepare import resolve_source
 
     root = tmp_path / "imagenet"
     for w in ("n01440764", "n01443537"):
@@ -129,7 +129,7 @@ def test_imagenet_flat_val_with_labels(tmp_path):
 
 
 def test_imagenet100_list():
-    from fastdisco.datasets.imagenet100 import wnids
+    from fastdisco.dataset.recipes.imagenet100 import wnids
 
     w = wnids()
     assert len(w) == 100 and w[0] == "n02869837" and w[-1] == "n02090622"

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from fastdisco.data.prepare import prepare_dataset
-from fastdisco.data.synthetic import write_synthetic_folder
+from fastdisco.dataset.prepare import prepare_dataset
+from fastdisco.dataset.recipes.synthetic import write_synthetic_folder
 from fastdisco.errors import FastdiscoError
 
 KW = dict(formats="dali", max_side=24, quality=90, workers=1, shard_size=4)
@@ -114,7 +114,7 @@ def test_parts_must_see_the_same_inputs(src, tmp_path):
 
 def test_part_merge_with_ffcv(src, tmp_path):
     pytest.importorskip("ffcv")
-    from fastdisco.data.inspect_cli import _beton_records, _check_shards
+    from fastdisco.dataset.inspect import _beton_records, _check_shards
 
     out = tmp_path / "out"
     kw = {**KW, "formats": "ffcv,dali"}

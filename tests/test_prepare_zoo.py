@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastdisco.data.images import decode_rgb
-from fastdisco.data.prepare import prepare_dataset
-from fastdisco.data.shards import read_index
+from fastdisco.dataset.images import decode_rgb
+from fastdisco.dataset.prepare import prepare_dataset
+from fastdisco.dataset.webdataset import read_index
 
 MAX_SIDE = 64
 

@@ -14,7 +14,7 @@ import fastdisco  # noqa: F401  (torchvision import fix before timm)
 import timm
 from fastdisco.config import ModelConfig
 from fastdisco.errors import FastdiscoError
-from fastdisco.teacher import IMAGENET_MEAN, IMAGENET_STD, load_teacher
+from fastdisco.models.teacher import IMAGENET_MEAN, IMAGENET_STD, load_teacher
 
 ARCH = "test_resnet"          # 0.47M parameters, 96-d pooled features
 IMNET = dict(teacher_mean=IMAGENET_MEAN, teacher_std=IMAGENET_STD)  # no re-normalisation
@@ -295,8 +295,8 @@ def test_missing_file(tmp_path):
 def test_engine_checkpoint_as_teacher(tmp_path, method, output):
     """A checkpoint written by the engine's own CheckpointManager from its own Student: how a
     teacher pre-trained with `fastdisco train --method mocov2` is used for DisCo."""
-    models = pytest.importorskip("fastdisco.models")
-    from fastdisco.checkpoint import FORMAT, CheckpointManager
+    models = pytest.importorskip("fastdisco.models.student")
+    from fastdisco.engine.checkpoint import FORMAT, CheckpointManager
 
     torch.manual_seed(0)
     student = models.Student(ARCH, head_hidden=64, head_dim=16, num_classes=5 if method == "ssld" else 0)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fastdisco.errors import FastdiscoError
-from fastdisco.io_utils import safe_torch_load
-from fastdisco.train import train
+from fastdisco.io import safe_torch_load
+from fastdisco.engine.trainer import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_utils import TinyLoader, TinyTeacher, tiny_cfg  # noqa: E402
@@ -104,8 +104,8 @@ def test_real_prepared_data_run_directory(tmp_path):
     config.yaml, provenance.json, metrics.jsonl, TensorBoard events and design-format checkpoints."""
     import yaml
 
-    from fastdisco.data.prepare import prepare_dataset
-    from fastdisco.data.synthetic import write_synthetic_folder
+    from fastdisco.dataset.prepare import prepare_dataset
+    from fastdisco.dataset.recipes.synthetic import write_synthetic_folder
 
     src = write_synthetic_folder(tmp_path / "src", num_classes=4, per_class=8, size=40)
     prepare_dataset(src, tmp_path / "data", formats="dali", workers=1)

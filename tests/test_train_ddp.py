@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from fastdisco.io_utils import safe_torch_load
+from fastdisco.io import safe_torch_load
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_utils import TinyLoader, tiny_cfg  # noqa: E402
@@ -25,7 +25,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
-    from fastdisco.train import train
+    from fastdisco.engine.trainer import train
 
     cfg = tiny_cfg(Path(out), "mocov2", data={"batch_size": 4}, **OVER)
     train(cfg, loader=TinyLoader(batch_size=4, rank=rank, world_size=world))
@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 
 def test_two_process_gloo_matches_single_process(tmp_path):
-    from fastdisco.train import train
+    from fastdisco.engine.trainer import train
 
     single = tiny_cfg(tmp_path / "single", "mocov2", **OVER)  # batch 8 in one process
     train(single, loader=TinyLoader(batch_size=8))

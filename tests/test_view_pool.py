@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdisco.data import view_pool
-from fastdisco.data.view_pool import NO_SLOT, ViewPool
+from fastdisco.loader import view_pool
+from fastdisco.loader.view_pool import NO_SLOT, ViewPool
 
 pytestmark = pytest.mark.skipif(not view_pool.available(), reason="this torch has no storage use count")
 

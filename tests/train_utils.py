@@ -71,7 +71,7 @@ class TinyLoader:
 
 
 class TinyTeacher(nn.Module):
-    """A frozen random conv net: embedding [N, dim] or logits. Frozen like fastdisco.teacher."""
+    """A frozen random conv net: embedding [N, dim] or logits. Frozen like fastdisco.models.teacher."""
 
     def __init__(self, dim: int = 128, seed: int = 123):
         super().__init__()

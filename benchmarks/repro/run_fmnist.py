@@ -97,7 +97,7 @@ def run_logged(argv: list[str], log: Path) -> float:
         if INPROCESS:
             import contextlib
 
-            from fastdisco.cli import main as cli_main
+            from fastdisco.cli.main import main as cli_main
 
             with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
                 rc = cli_main(argv[3:])  # argv = [python, -m, fastdisco, ...]

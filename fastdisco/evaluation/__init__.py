@@ -2,7 +2,7 @@
 probe), weighted kNN, semi-supervised probes on 1% / 10% label subsets, and SSLD agreement.
 
 The functions here work on tensors and loaders and need no CLI; `fastdisco eval` wraps them.
-Names are imported lazily: `fastdisco --help` imports `fastdisco.evaluation.cli`, which must not
+Names are imported lazily: `fastdisco --help` imports `fastdisco.cli.eval`, which must not
 pull in torch.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Load the network to evaluate: a student backbone from a fastdisco checkpoint or run directory,
 an exported `.safetensors` (with its JSON sidecar), a plain timm state dict, or a teacher
-through `fastdisco.teacher.load_teacher`.
+through `fastdisco.models.teacher.load_teacher`.
 
 Keys are always matched strictly: a checkpoint that does not fit the model is an error that lists
 the offending keys, never a silently random network (the official DisCo code's `strict=False`).
@@ -53,7 +53,7 @@ def run_dir_of(ckpt: Path) -> Path | None:
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read a fastdisco checkpoint (docs/design.md section 4) with weights_only=True."""
-    from fastdisco.io_utils import safe_torch_load
+    from fastdisco.io import safe_torch_load
 
     p = resolve_checkpoint(path)
     ckpt = safe_torch_load(p)
@@ -146,7 +146,7 @@ def _load_plain_state(p: Path) -> dict:
         import safetensors.torch
 
         return safetensors.torch.load_file(str(p))
-    from fastdisco.io_utils import safe_torch_load
+    from fastdisco.io import safe_torch_load
 
     obj = safe_torch_load(p)
     if isinstance(obj, dict):
@@ -165,7 +165,7 @@ def load_backbone(source: str | Path, *, model: str | None = None, fmt: str = "a
 
     source: a fastdisco checkpoint or run directory, an exported `.safetensors` (model name from
       its sidecar JSON or `model`), a plain timm state dict file (`model` required), or -- with
-      fmt="teacher" -- any checkpoint `fastdisco.teacher.load_teacher` reads (`model` required).
+      fmt="teacher" -- any checkpoint `fastdisco.models.teacher.load_teacher` reads (`model` required).
     """
     if fmt not in FORMATS:
         raise FastdiscoError(f"unknown checkpoint format '{fmt}' (known: {', '.join(FORMATS)})")
@@ -185,7 +185,7 @@ def load_backbone(source: str | Path, *, model: str | None = None, fmt: str = "a
 
 
 def _sniff(p: Path) -> str:
-    from fastdisco.io_utils import safe_torch_load
+    from fastdisco.io import safe_torch_load
 
     obj = safe_torch_load(p)
     return "fastdisco" if isinstance(obj, dict) and obj.get("format") == CKPT_FORMAT else "timm"
@@ -224,9 +224,9 @@ def _load_teacher(source, model: str | None, teacher_format: str) -> LoadedBackb
     """A teacher evaluated like a student gives the reference row: its pooled backbone features
     (projection head removed), after its own input normalisation, BN with running statistics."""
     try:
-        from fastdisco.teacher import load_teacher
+        from fastdisco.models.teacher import load_teacher
     except ImportError as e:
-        raise FastdiscoError(f"--format teacher needs fastdisco.teacher, which is not importable ({e})") from None
+        raise FastdiscoError(f"--format teacher needs fastdisco.models.teacher, which is not importable ({e})") from None
     from fastdisco.config import ModelConfig
 
     p = Path(source)

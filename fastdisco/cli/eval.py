@@ -1,0 +1,315 @@
+"""`fastdisco eval PROTOCOL CKPT --train DATA --val DATA`: linear | knn | semi | ssld.
+
+Results (top-1 / top-5 in percent, settings, provenance and the exact command) are written
+atomically as JSON into the run directory: RUN/eval/<protocol>.json (linear fast mode:
+linear_fast.json). Evaluating a teacher checkpoint the same way (`--format teacher` or a plain
+timm state dict with `--model`) gives the reference row.
+
+torch and the loaders are imported inside main() so `fastdisco --help` stays light.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from fastdisco.errors import FastdiscoError
+
+PROTOCOLS = ("linear", "knn", "semi", "ssld")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("protocol", choices=PROTOCOLS, help="linear probe, weighted kNN, 1%%/10%% probes, SSLD classifier")
+    p.add_argument("ckpt", help="fastdisco checkpoint or run dir, exported .safetensors, timm state dict, or teacher ckpt")
+    p.add_argument("--train", metavar="DATA", help="prepared labelled train set (fastdisco prepare-data output)")
+    p.add_argument("--val", metavar="DATA", help="prepared labelled validation set")
+    p.add_argument("--holdout", type=float, default=0.0, metavar="F",
+                   help="no --val: hold out a seeded class-balanced fraction F of --train as val (knn, semi, linear --fast)")
+    p.add_argument("--out", metavar="FILE.json", help="result file (default RUN/eval/<protocol>.json)")
+    g = p.add_argument_group("model")
+    g.add_argument("--format", default="auto", choices=("auto", "fastdisco", "safetensors", "timm", "teacher"),
+                   help="what CKPT is (auto: by suffix / checkpoint format)")
+    g.add_argument("--model", help="timm name (plain state dicts, teachers, exports without sidecar)")
+    g.add_argument("--teacher-format", default="auto", help="--format teacher: fastdisco.models.teacher format")
+    g = p.add_argument_group("data and device")
+    g.add_argument("--backend", default="torch", choices=("torch", "dali", "ffcv"))
+    g.add_argument("--decode-device", default="auto", choices=("auto", "mixed", "cpu"))
+    g.add_argument("--batch-size", type=int, default=256, help="images per batch (the protocol's 256)")
+    g.add_argument("--num-workers", type=int, default=4)
+    g.add_argument("--resolution", type=int, default=224)
+    g.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    g.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="backbone autocast dtype (auto: bf16 on GPU, fp32 on CPU)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("linear / semi")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--fast", dest="full", action="store_false", default=False,
+                   help="(default) train on cached features: seconds, close to the protocol's number")
+    m.add_argument("--full", dest="full", action="store_true",
+                   help="the DisCo protocol: RRC+flip every epoch through the frozen backbone")
+    g.add_argument("--epochs", type=int, default=100)
+    g.add_argument("--lr", type=float, default=None, help="default: 3.0 (--full), 1e-3 (fast adamw)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--wd", type=float, default=0.0)
+    g.add_argument("--milestones", type=int, nargs="*", default=[5, 10, 15, 20, 25, 30, 35, 40, 45, 60, 80])
+    g.add_argument("--gamma", type=float, default=0.5)
+    g.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd", "lbfgs"), help="fast mode optimiser")
+    g.add_argument("--probe-batch-size", type=int, default=1024, help="fast mode mini-batch")
+    g.add_argument("--no-standardize", action="store_true", help="fast mode: do not standardise features")
+    g.add_argument("--aug-passes", type=int, default=0,
+                   help="fast mode: add N passes of the train set with the `linear` recipe (RRC + flip)")
+    g.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1], help="semi: label fractions")
+    g.add_argument("--subset-file", action="append", default=[], metavar="FILE",
+                   help="semi: file of train sample indices/keys, one per line (repeatable; replaces --fractions)")
+    g = p.add_argument_group("knn")
+    g.add_argument("--k", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.07)
+    g = p.add_argument_group("ssld")
+    g.add_argument("--teacher", help="teacher timm name (default: the run's model.teacher)")
+    g.add_argument("--teacher-ckpt", help="teacher checkpoint (default: the run's model.teacher_ckpt)")
+
+
+# --------------------------------------------------------------------------- data
+def read_manifest(path: str | None, what: str, need_labels: bool) -> dict:
+    """The prepared dataset's manifest, with one-line errors for the usual mistakes."""
+    if not path:
+        raise FastdiscoError(f"--{what} DATA is required for this protocol")
+    man = Path(path) / "manifest.json"
+    if not man.is_file():
+        raise FastdiscoError(f"{what} data {path} is not a prepared dataset (no manifest.json; run fastdisco prepare-data)")
+    try:
+        m = json.loads(man.read_text())
+    except json.JSONDecodeError:
+        raise FastdiscoError(f"{man} is not valid JSON") from None
+    if need_labels and not m.get("labeled", False):
+        raise FastdiscoError(f"{what} data {path} is unlabeled (manifest labeled=false): this protocol needs labels")
+    return m
+
+
+def build_loader(path: str, recipe: str, args, device, dtype):
+    try:
+        from fastdisco.loader import make_loader
+    except ImportError as e:
+        raise FastdiscoError(f"the data loader (fastdisco.loader) is not available: {e}") from None
+    from fastdisco.config import DataConfig
+
+    cfg = DataConfig(path=path, backend=args.backend, decode_device=args.decode_device, recipe=recipe,
+                     resolution=args.resolution, batch_size=args.batch_size, num_workers=args.num_workers,
+                     drop_last=False, seed=args.seed)
+    return make_loader(cfg, device=device, dtype=dtype, rank=0, world_size=1)
+
+
+def pick_device(args):
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise FastdiscoError("--device cuda but no CUDA device is available")
+    dev = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    prec = args.precision if args.precision != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[prec]
+    return dev, dtype
+
+
+def _labelled(feats, labels, idx, what: str):
+    keep = labels >= 0
+    if not bool(keep.any()):
+        raise FastdiscoError(f"{what} data has no labelled samples")
+    return feats[keep], labels[keep], idx[keep]
+
+
+# --------------------------------------------------------------------------- main
+def main(args: argparse.Namespace) -> int:
+    t0 = time.time()
+    if args.protocol != "ssld" and not args.val and not args.holdout:
+        read_manifest(args.train, "train", True)  # the clearer error first
+        raise FastdiscoError("give --val DATA, or --holdout F to hold out part of --train")
+    if args.holdout and not 0 < args.holdout < 1:
+        raise FastdiscoError(f"--holdout must be in (0, 1), got {args.holdout}")
+    if args.holdout and args.protocol == "linear" and args.full:
+        raise FastdiscoError("--holdout works with cached features only; --full needs --val")
+    manifests = {}
+    if args.protocol == "ssld":
+        manifests["val"] = read_manifest(args.val or args.train, "val" if args.val else "train", False)
+    else:
+        manifests["train"] = read_manifest(args.train, "train", True)
+        if args.val:
+            manifests["val"] = read_manifest(args.val, "val", True)
+
+    import torch
+
+    from fastdisco.evaluation.backbone import load_backbone
+
+    device, dtype = pick_device(args)
+    lb = load_backbone(args.ckpt, model=args.model, fmt=args.format, teacher_format=args.teacher_format)
+    lb.module.to(device)
+    if device.type == "cuda":
+        lb.module.to(memory_format=torch.channels_last)
+    progress = not args.no_progress
+    result = {"ssld": _ssld, "linear": _linear, "knn": _cached, "semi": _cached}[args.protocol](
+        args, lb, device, dtype, progress)
+    out = Path(args.out) if args.out else default_out(lb, args)
+    record = {
+        "protocol": args.protocol + ("" if args.protocol != "linear" else ("" if args.full else "_fast")),
+        **result,
+        "model": {"name": lb.name, "kind": lb.kind, "source": lb.source, "num_classes": lb.num_classes,
+                  **{k: v for k, v in lb.meta.items() if k not in ("config", "provenance")}},
+        "data": {"train": args.train, "val": args.val, "holdout": args.holdout or None, "backend": args.backend,
+                 "resolution": args.resolution, "batch_size": args.batch_size},
+        "seconds": round(time.time() - t0, 2),
+        "command": shlex.join(sys.argv),
+        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+    }
+    from fastdisco import provenance
+    from fastdisco.io import write_json
+
+    record["provenance"] = provenance.collect()
+    write_json(out, record)
+    print(summary_line(record) + f"  -> {out}")
+    return 0
+
+
+def default_out(lb, args) -> Path:
+    name = args.protocol + ("_fast" if args.protocol == "linear" and not args.full else "")
+    if lb.run_dir:
+        return Path(lb.run_dir) / "eval" / f"{name}.json"
+    src = Path(lb.source)
+    return src.parent / "eval" / f"{src.stem}_{name}.json"
+
+
+def summary_line(r: dict) -> str:
+    def pct(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    if r["protocol"] == "semi":
+        parts = [f"{k}: top1 {pct(v['top1'])}" for k, v in r["subsets"].items()]
+        return f"semi  {r['model']['name']}  " + "  ".join(parts)
+    if r["protocol"] == "ssld":
+        return (f"ssld  {r['model']['name']}  top1 {pct(r['top1'])}  top5 {pct(r['top5'])}  "
+                f"agreement {pct(r['agreement_top1'])}")
+    return f"{r['protocol']}  {r['model']['name']}  top1 {pct(r['top1'])}  top5 {pct(r['top5'])}"
+
+
+# --------------------------------------------------------------------------- protocols
+def _features(args, lb, path: str, recipe: str, device, dtype, progress, desc: str):
+    from fastdisco.evaluation.features import extract_features
+
+    loader = build_loader(path, recipe, args, device, dtype)
+    return extract_features(lb.module, loader, device=device, amp_dtype=dtype, progress=progress,
+                            desc=desc, return_indices=True)
+
+
+def _train_val_features(args, lb, device, dtype, progress):
+    """Cached features: train (eval transform, + `--aug-passes` RRC+flip passes) and val
+    (eval transform, or a held-out part of train). Unlabelled rows are dropped."""
+    import torch
+
+    from fastdisco.evaluation.semi import balanced_subset
+
+    tr = _labelled(*_features(args, lb, args.train, "eval", device, dtype, progress, "train features"), "train")
+    if args.val:
+        va = _labelled(*_features(args, lb, args.val, "eval", device, dtype, progress, "val features"), "val")
+    else:
+        pos = balanced_subset(tr[1], args.holdout, seed=args.seed).to(tr[0].device)
+        mask = torch.ones(tr[1].numel(), dtype=torch.bool, device=tr[0].device)
+        mask[pos] = False
+        va = tuple(t[pos] for t in tr)
+        tr = tuple(t[mask] for t in tr)
+    if args.aug_passes:
+        held = set(va[2].tolist()) if not args.val else set()
+        extra = [_features(args, lb, args.train, "linear", device, dtype, progress, f"train aug {i + 1}")
+                 for i in range(args.aug_passes)]
+        for f, y, idx in extra:
+            keep = y >= 0
+            if held:  # never train on held-out samples
+                keep &= ~torch.isin(idx, va[2])
+            tr = (torch.cat([tr[0], f[keep]]), torch.cat([tr[1], y[keep]]), torch.cat([tr[2], idx[keep]]))
+    return tr, va
+
+
+def _num_classes(args, lb) -> int:
+    return int(json.loads((Path(args.train) / "manifest.json").read_text()).get("num_classes") or 0)
+
+
+def _cached(args, lb, device, dtype, progress) -> dict:
+    (xt, yt, it), (xv, yv, _) = _train_val_features(args, lb, device, dtype, progress)
+    C = max(_num_classes(args, lb), int(yt.max()) + 1, int(yv.max()) + 1)
+    if args.protocol == "knn":
+        from fastdisco.evaluation.knn import knn_eval
+
+        return knn_eval(xt, yt, xv, yv, k=args.k, temperature=args.temperature, num_classes=C)
+    return _semi(args, xt, yt, it, xv, yv, C, progress)
+
+
+def _probe_kwargs(args) -> dict:
+    return dict(epochs=args.epochs, batch_size=args.probe_batch_size, lr=args.lr, weight_decay=args.wd,
+                optimizer=args.optimizer, standardize=not args.no_standardize)
+
+
+def _semi(args, xt, yt, it, xv, yv, C, progress) -> dict:
+    from fastdisco.evaluation.semi import positions_of, read_subset_file, semi_eval
+
+    subsets = None
+    if args.subset_file:
+        subsets = {Path(f).stem: positions_of(it, read_subset_file(f)) for f in args.subset_file}
+    res = semi_eval(xt, yt, xv, yv, fractions=args.fractions, seed=args.seed, subsets=subsets, train_indices=it,
+                    num_classes=C,
+                    progress=progress, **_probe_kwargs(args))
+    return {"subsets": res}
+
+
+def _linear(args, lb, device, dtype, progress) -> dict:
+    if not args.full:
+        from fastdisco.evaluation.linear import linear_probe_fast
+
+        (xt, yt, _), (xv, yv, _) = _train_val_features(args, lb, device, dtype, progress)
+        C = max(_num_classes(args, lb), int(yt.max()) + 1, int(yv.max()) + 1)
+        res = linear_probe_fast(xt, yt, xv, yv, num_classes=C, seed=args.seed, progress=progress,
+                                **_probe_kwargs(args))
+        res["settings"]["aug_passes"] = args.aug_passes
+        return res
+    from fastdisco.evaluation.linear import linear_probe_protocol
+
+    train = build_loader(args.train, "linear", args, device, dtype)
+    val = build_loader(args.val, "eval", args, device, dtype)
+    C = _num_classes(args, lb) or int(getattr(train, "num_classes", 0) or 0)
+    if not C:
+        raise FastdiscoError(f"cannot tell the number of classes of {args.train}")
+
+    def log(epoch, row):
+        if args.no_progress:
+            print(f"epoch {epoch}/{args.epochs}  loss {row['loss']:.4f}  lr {row['lr']:.4g}", flush=True)
+
+    return linear_probe_protocol(lb.module, train, val, num_classes=C, epochs=args.epochs,
+                                 lr=3.0 if args.lr is None else args.lr, momentum=args.momentum,
+                                 weight_decay=args.wd, milestones=args.milestones, gamma=args.gamma,
+                                 device=device, amp_dtype=dtype, seed=args.seed, progress=progress, log=log)
+
+
+def _ssld(args, lb, device, dtype, progress) -> dict:
+    from fastdisco.evaluation.ssld import ssld_eval
+
+    if lb.num_classes == 0:
+        raise FastdiscoError(f"{lb.source}: the student has no classifier (num_classes=0): ssld evaluates SSLD "
+                             "students; use linear or knn")
+    cfg_model = (lb.meta.get("config") or {}).get("model") or {}
+    name = args.teacher or cfg_model.get("teacher")
+    ckpt = args.teacher_ckpt or cfg_model.get("teacher_ckpt")
+    teacher = None
+    if name:
+        try:
+            from fastdisco.models.teacher import load_teacher
+        except ImportError as e:
+            raise FastdiscoError(f"teacher agreement needs fastdisco.models.teacher, which is not importable ({e})") from None
+        from fastdisco.config import ModelConfig
+
+        fmt = args.teacher_format if args.teacher_format != "auto" else cfg_model.get("teacher_format", "auto")
+        cfg = ModelConfig(teacher=name, teacher_ckpt=ckpt or "", teacher_format=fmt, teacher_bn="eval")
+        teacher = load_teacher(cfg, output="logits").to(device)
+    loader = build_loader(args.val or args.train, "eval", args, device, dtype)
+    res = ssld_eval(lb.module, loader, teacher=teacher, device=device, amp_dtype=dtype, progress=progress)
+    res["teacher"] = {"name": name, "ckpt": ckpt} if teacher is not None else None
+    return res

@@ -1,0 +1,64 @@
+"""`fastdisco` console script: a thin dispatcher over subcommand modules.
+
+Each subcommand module exposes `add_arguments(parser)` and `main(args) -> int` and imports
+heavy or optional dependencies (torch, DALI, ffcv) only inside `main`, so `fastdisco --help`
+works on any install.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare-data": ("fastdisco.cli.prepare_data", "convert images into FFCV .beton + DALI webdataset shards"),
+    "inspect": ("fastdisco.dataset.inspect", "verify a prepared dataset and write a PNG grid of samples"),
+    "train": ("fastdisco.cli.train", "train a student: mocov2 | disco | ssld"),
+    "eval": ("fastdisco.cli.eval", "linear probe, kNN, semi-supervised and SSLD evaluation"),
+    "export": ("fastdisco.export", "export the student backbone as timm-loadable safetensors (+ ONNX)"),
+    "mine": ("fastdisco.mine", "SSLD unlabeled-data mining: teacher top-k per class, near-duplicates removed"),
+    "demo": ("fastdisco.demo", "the quickstart: prepare Fashion-MNIST, train teacher + DisCo student, evaluate"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fastdisco import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fastdisco", description="Distill big frozen vision teachers into lightweight students (DisCo, SSLD).")
+    parser.add_argument("--version", action="version", version=f"fastdisco {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if not (module == e.name or module.startswith(f"{e.name}.")):
+                raise  # a real import error inside an existing module
+            continue  # subcommand not built yet
+        p = sub.add_parser(name, help=help_, description=help_)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastdisco.errors import FastdiscoError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.main(args) or 0)
+    except FastdiscoError as e:
+        print(f"fastdisco {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fastdisco {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Write the FFCV .beton from the finished shards, storing the *same* JPEG bytes.
+
+FFCV's RGBImageField(write_mode='jpg') would decode-free re-encode every image with OpenCV,
+giving a second lossy copy whose pixels differ from the webdataset shards. Instead a
+pass-through field stores our JPEG bytes unchanged, so both formats decode to identical
+pixels. FFCV records a field's type by its exact class, so after writing, the type byte of the
+image field is set to RGBImageField's id: the file is then an ordinary .beton that the stock
+ffcv Reader/Loader opens with RGBImageField (whose binary arguments are empty anyway).
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from pathlib import Path
+
+import numpy as np
+from ffcv.fields import IntField, RGBImageField  # import this module only after require("ffcv")
+from ffcv.fields.rgb_image import IMAGE_MODES
+from ffcv.types import TYPE_ID_HANDLER, FieldDescType, HeaderType
+from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
+
+
+class JpegPassthroughField(RGBImageField):
+    """Stores a sample's (jpeg uint8 array, width, height) as is, in FFCV's 'jpg' mode."""
+
+    def encode(self, destination, sample, malloc):
+        jpeg, width, height = sample
+        destination["mode"] = IMAGE_MODES["jpg"]
+        destination["height"], destination["width"] = height, width
+        destination["data_ptr"], storage = malloc(jpeg.nbytes)
+        storage[:] = jpeg
+
+
+class ShardSamples:
+    """Indexable view of all samples in the shards: (jpeg, label, index) per sample index.
+
+    Worker processes (FFCV's own) open the tars lazily, one handle per process.
+    """
+
+    def __init__(self, out: Path, shards: list[dict], sizes: list[list[list[int]]]):
+        from fastdisco.dataset.webdataset import read_index
+
+        self.out = str(out)
+        self.tars = [s["tar"] for s in shards]
+        self.firsts = [s["first"] for s in shards]
+        self.total = sum(s["count"] for s in shards)
+        self.entries = [read_index(out / s["index"]) for s in shards]
+        self.sizes = sizes  # per shard, per sample: [width, height, label]
+        self._files: dict[int, object] = {}
+        self._pid = None
+
+    def __len__(self) -> int:
+        return self.total
+
+    def _file(self, k: int):
+        if self._pid != os.getpid():
+            self._files, self._pid = {}, os.getpid()
+        if k not in self._files:
+            self._files[k] = open(os.path.join(self.out, self.tars[k]), "rb")
+        return self._files[k]
+
+    def __getitem__(self, i: int):
+        k = bisect.bisect_right(self.firsts, i) - 1
+        j = i - self.firsts[k]
+        m = self.entries[k][j]["jpg"]
+        f = self._file(k)
+        f.seek(m.offset)
+        jpeg = np.frombuffer(f.read(m.size), dtype=np.uint8)
+        width, height, label = self.sizes[k][j]
+        return (jpeg, width, height), int(label), int(i)
+
+
+def write_beton(path: Path, samples: ShardSamples, max_side: int, quality: int,
+                num_workers: int = 1) -> None:
+    """Write data.beton atomically (to a temporary name, then rename)."""
+    fields = {
+        "image": JpegPassthroughField(write_mode="jpg", max_resolution=max_side, jpeg_quality=quality),
+        "label": IntField(),
+        "index": IntField(),
+    }
+    # A page must hold the largest JPEG; FFCV's default (8 MiB) does unless max_side is huge.
+    largest = max((e["jpg"].size for shard in samples.entries for e in shard), default=0)
+    page = 4 * MIN_PAGE_SIZE
+    while page < 2 * largest:
+        page *= 2
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        writer = DatasetWriter(str(tmp), fields, page_size=page, num_workers=max(1, num_workers))
+        writer.from_indexed_dataset(samples, chunksize=64)
+        rgb_id = {v: k for k, v in TYPE_ID_HANDLER.items()}[RGBImageField]
+        with open(tmp, "r+b") as f:  # field 0 = image: mark it as a stock RGBImageField
+            f.seek(HeaderType.itemsize + FieldDescType.fields["type_id"][1])
+            f.write(bytes([rgb_id]))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

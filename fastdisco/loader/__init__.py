@@ -1,0 +1,38 @@
+"""Loaders: a prepared dataset -> multi-view `Batch`es on the device (docs/design.md section 2).
+
+`make_loader(cfg.data, ...)` picks the backend from `cfg.data.backend` in `BACKENDS`: one module
+per backend, each a `BaseLoader` subclass (`base`: the Batch contract, the epoch plan over DDP
+ranks, the resumable position, the shared augmentation). Backends are imported only when chosen:
+DALI and ffcv are optional dependencies.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from fastdisco.errors import FastdiscoError
+from fastdisco.loader.base import BaseLoader, Batch, epoch_permutation, num_batches, rank_plan
+
+# backend name -> "module:class"
+BACKENDS = {
+    "torch": "fastdisco.loader.torch_backend:TorchLoader",
+    "dali": "fastdisco.loader.dali_backend:DaliLoader",
+    "ffcv": "fastdisco.loader.ffcv_backend:FfcvLoader",
+}
+
+
+def make_loader(cfg, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                rank: int = 0, world_size: int = 1) -> BaseLoader:
+    """The loader for `cfg.backend` (cfg is the DataConfig section)."""
+    if not cfg.path:
+        raise FastdiscoError("config key 'data.path' is empty: point it at a prepared dataset")
+    if cfg.backend not in BACKENDS:
+        raise FastdiscoError(f"config key 'data.backend': unknown backend {cfg.backend!r} "
+                             f"(known: {', '.join(BACKENDS)})")
+    module, cls = BACKENDS[cfg.backend].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg, device=device, dtype=dtype, rank=rank,
+                                                         world_size=world_size)
+
+
+__all__ = ["BACKENDS", "BaseLoader", "Batch", "epoch_permutation", "make_loader", "num_batches", "rank_plan"]

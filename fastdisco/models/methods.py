@@ -1,0 +1,205 @@
+"""Training objectives: a small registry of methods, each with `step(batch) -> (loss, parts)`.
+
+- mocov2: InfoNCE(q = student(view0), k = key_encoder(view1), queue), T = method.temperature.
+- disco:  mocov2 + distillation of the final embedding on *both* views (RECIPES.md, DisCo):
+          the student query encoder runs with grad on view0 and view1, the frozen teacher on both,
+          loss = infonce + w * (D(s(v0), t(v0)) + D(s(v1), t(v1))), D = 2 - 2 cos per sample.
+- supervised: cross-entropy of the student's classifier on the labels (a supervised SSLD teacher,
+          the labels-only baseline); one view, labels must be >= 0 and < model.num_classes.
+- ssld:   symmetric KL (T = method.kl_temperature) between student and teacher logits on the one
+          shared view; soft-CE (softmax(teacher) as target) optional; labels unused.
+
+`parts` are detached tensors logged by name (the train loop accumulates them on the device).
+The train loop sets `run_student` / `run_key` / `run_teacher` (DDP- and/or compile-wrapped
+callables); the raw modules stay in `student` / `key_encoder` / `teacher` for checkpoints.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastdisco.errors import FastdiscoError
+from fastdisco.models.student import KeyQueue, ema_update, make_key_encoder, shuffled_forward
+
+from fastdisco.kernels import embedding_distill_loss, infonce_loss, soft_ce_loss, symmetric_kl_loss
+
+METHODS: dict[str, type["Method"]] = {}
+
+# The official DisCo code uses MSELoss(reduction="sum") over its per-GPU batch of 32 while the
+# InfoNCE is a batch mean, so the distillation term weighs 32x a batch-mean term. We reproduce
+# that weight explicitly (independent of our own per-device batch): "sum" = 32 * batch mean.
+OFFICIAL_DISCO_PER_GPU_BATCH = 32
+
+
+def register(name: str):
+    def deco(cls):
+        METHODS[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+def build_method(cfg, student: nn.Module, teacher: nn.Module | None = None) -> "Method":
+    cls = METHODS.get(cfg.method.name)
+    if cls is None:
+        raise FastdiscoError(f"config key 'method.name': unknown method {cfg.method.name!r} (known: {sorted(METHODS)})")
+    if cls.needs_teacher and teacher is None:
+        raise FastdiscoError(f"method '{cfg.method.name}' needs a teacher: set model.teacher and model.teacher_ckpt")
+    return cls(cfg, student, teacher)
+
+
+class Method(nn.Module):
+    """Holds the trainable student plus whatever the objective needs (key encoder, queue, teacher)."""
+
+    name = "base"
+    needs_teacher = False
+    teacher_output = "embedding"
+    num_views = 1
+
+    def __init__(self, cfg, student: nn.Module, teacher: nn.Module | None):
+        super().__init__()
+        self.cfg = cfg.method
+        self.student = student
+        self.teacher = teacher
+        self.run_student: Callable = student
+        self.run_teacher: Callable | None = teacher
+
+    def __setattr__(self, name: str, value) -> None:
+        # The teacher and the run_* wrappers are not submodules: method.train() must not flip
+        # the teacher's BN mode, and wrappers must not duplicate parameters.
+        if name == "teacher" or name.startswith("run_"):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def after_optimizer_step(self) -> None:
+        """Called once per optimizer step (after the update): momentum encoders live here."""
+
+    def check_batch(self, batch) -> None:
+        if len(batch.views) < self.num_views:
+            raise FastdiscoError(f"method '{self.name}' needs {self.num_views} views per image but the loader "
+                                 f"gives {len(batch.views)}: set data.recipe accordingly")
+
+    def extra_state(self) -> dict:
+        """Training state beyond the student (checkpointed): key encoder, queue."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    @torch.no_grad()
+    def teach(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run_teacher(x)
+
+
+@register("mocov2")
+class MoCoV2(Method):
+    num_views = 2
+
+    def __init__(self, cfg, student, teacher=None):
+        super().__init__(cfg, student, teacher)
+        self.key_encoder = make_key_encoder(student)
+        self.run_key: Callable = self.key_encoder
+        self.queue = KeyQueue(cfg.method.queue_size, cfg.model.proj_dim)
+        self.shuffle_keys = cfg.model.shuffle_bn_group > 0 and not cfg.model.sync_bn
+
+    @torch.no_grad()
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        return shuffled_forward(self.run_key, x) if self.shuffle_keys else self.run_key(x)
+
+    def contrastive(self, q: torch.Tensor, x_key: torch.Tensor) -> torch.Tensor:
+        k = self.keys(x_key)
+        loss = infonce_loss(q, k, self.queue.snapshot(), temperature=self.cfg.temperature, impl=self.cfg.loss_impl)
+        self.queue.enqueue(k)
+        return loss
+
+    def step(self, batch):
+        self.check_batch(batch)
+        q = self.run_student(batch.views[0])
+        loss = self.contrastive(q, batch.views[1])
+        return loss, {"infonce": loss.detach()}
+
+    def after_optimizer_step(self) -> None:
+        ema_update(self.key_encoder, self.student, self.cfg.momentum)
+
+    def extra_state(self) -> dict:
+        return {"key_encoder": self.key_encoder.state_dict(), "queue": self.queue.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.key_encoder.load_state_dict(state["key_encoder"])
+        self.queue.load_state_dict(state["queue"])
+
+
+@register("disco")
+class DisCo(MoCoV2):
+    needs_teacher = True
+    teacher_output = "embedding"
+
+    def distill_scale(self) -> float:
+        if self.cfg.distill_reduction == "sum":
+            return float(OFFICIAL_DISCO_PER_GPU_BATCH) * self.cfg.distill_weight
+        return self.cfg.distill_weight
+
+    def step(self, batch):
+        self.check_batch(batch)
+        x0, x1 = batch.views[0], batch.views[1]
+        s0 = self.run_student(x0)
+        s1 = self.run_student(x1)
+        t0, t1 = self.teach(x0), self.teach(x1)
+        nce = self.contrastive(s0, x1)
+        scale = self.distill_scale()
+        d0 = embedding_distill_loss(s0, t0, reduction="mean", impl=self.cfg.loss_impl)
+        d1 = embedding_distill_loss(s1, t1, reduction="mean", impl=self.cfg.loss_impl)
+        loss = nce + scale * (d0 + d1)
+        return loss, {"infonce": nce.detach(), "distill_v0": d0.detach(), "distill_v1": d1.detach()}
+
+
+@register("ssld")
+class SSLD(Method):
+    needs_teacher = True
+    teacher_output = "logits"
+    num_views = 1
+
+    def step(self, batch):
+        self.check_batch(batch)
+        x = batch.views[0]
+        s = self.run_student(x)
+        t = self.teach(x)
+        if s.shape[-1] != t.shape[-1]:
+            raise FastdiscoError(f"student gives {s.shape[-1]} logits but the teacher {t.shape[-1]}: "
+                                 f"set model.num_classes={t.shape[-1]}")
+        fn = symmetric_kl_loss if self.cfg.ssld_loss == "symkl" else soft_ce_loss
+        loss = fn(s, t, temperature=self.cfg.kl_temperature, impl=self.cfg.loss_impl)
+        return loss, {self.cfg.ssld_loss: loss.detach()}
+
+
+@register("supervised")
+class Supervised(Method):
+    """Cross-entropy on the labels for the student's own classifier (no teacher)."""
+
+    num_views = 1
+
+    def __init__(self, cfg, student, teacher=None):
+        super().__init__(cfg, student, teacher)
+        self._checked = False
+
+    def step(self, batch):
+        self.check_batch(batch)
+        logits = self.run_student(batch.views[0])
+        y = batch.labels.to(logits.device)
+        if not self._checked:  # one host sync on the first batch: unlabeled data or too few logits
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0:
+                raise FastdiscoError("method 'supervised' needs labels, but the data has unlabeled samples (-1)")
+            if hi >= logits.shape[-1]:
+                raise FastdiscoError(f"label {hi} but the student gives {logits.shape[-1]} logits: "
+                                     f"set model.num_classes to the number of classes")
+            self._checked = True
+        loss = F.cross_entropy(logits.float(), y)
+        return loss, {"ce": loss.detach()}
