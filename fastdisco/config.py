@@ -74,7 +74,7 @@ class MethodConfig:
     distill_weight: float = 1.0         # DisCo: weight of each view's distillation term
     # "mean": batch-mean (2 - 2 cos) per view. "sum": the official DisCo code's MSELoss(sum) over
     # its per-GPU batch of 32, reproduced as exactly 32 x the batch mean whatever our per-device
-    # batch is (fastdisco.models.methods.OFFICIAL_DISCO_PER_GPU_BATCH); see RECIPES.md.
+    # batch is (fastdisco.models.methods.OFFICIAL_DISCO_PER_GPU_BATCH); see docs/recipes.md.
     distill_reduction: Literal["mean", "sum"] = "mean"
     ssld_loss: Literal["symkl", "soft_ce"] = "symkl"  # SSLD: symmetric KL or soft-label CE
     kl_temperature: float = 1.0         # SSLD softmax temperature (paper: 1)

@@ -1,6 +1,6 @@
 """Linear probes of a frozen backbone.
 
-`linear_probe_protocol`: the DisCo protocol (RECIPES.md): backbone frozen in eval mode, a new
+`linear_probe_protocol`: the DisCo protocol (docs/recipes.md): backbone frozen in eval mode, a new
 linear layer initialised N(0, 0.01) with bias 0, SGD momentum 0.9, lr 3.0, wd 0, batch 256 (the
 loader's), 100 epochs, lr x0.5 at epochs 5, 10, ..., 45, 60, 80; images augmented by the loader
 (recipe `linear`: RRC + flip), validation with recipe `eval`. Slow: every epoch runs the backbone.

@@ -1,7 +1,7 @@
 """Training objectives: a small registry of methods, each with `step(batch) -> (loss, parts)`.
 
 - mocov2: InfoNCE(q = student(view0), k = key_encoder(view1), queue), T = method.temperature.
-- disco:  mocov2 + distillation of the final embedding on *both* views (RECIPES.md, DisCo):
+- disco:  mocov2 + distillation of the final embedding on *both* views (docs/recipes.md, DisCo):
           the student query encoder runs with grad on view0 and view1, the frozen teacher on both,
           loss = infonce + w * (D(s(v0), t(v0)) + D(s(v1), t(v1))), D = 2 - 2 cos per sample.
 - supervised: cross-entropy of the student's classifier on the labels (a supervised SSLD teacher,
