@@ -22,7 +22,8 @@ from fastdisco import augment as A
 from fastdisco.loader.base import BaseLoader, Batch
 from fastdisco.errors import FastdiscoError, require
 
-_HINT = "install ffcv 1.0.2 (`pip install ".[ffcv]"` after the Debian build packages that tools/install.sh lists; see README "Install details"), or choose data.backend=torch"
+_HINT = ("install ffcv 1.0.2 (pip install '.[ffcv]' after the Debian build packages that tools/install.sh lists; "
+         "README: Install details), or choose data.backend=torch")
 
 
 def _stop_epoch_thread(epoch_it) -> None:
