@@ -1,7 +1,7 @@
 """Typed configuration: dataclass defaults, YAML recipes that hold only overrides, and
 `--set section.key=value` on the command line.
 
-An unknown key or a value of the wrong type is a one-line FastdiscoError that names the key.
+An unknown key or a value of the wrong type is a one-line UsageError that names the key.
 The resolved config is written into every run directory (`to_dict` -> config.yaml).
 Sections are owned by the part of the code that reads them; keep each field documented.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fastdisco.errors import FastdiscoError
+from fastdisco.errors import UsageError
 
 
 # --------------------------------------------------------------------------- sections
@@ -141,12 +141,12 @@ def _type_name(tp) -> str:
 
 def coerce(value: Any, tp, key: str) -> Any:
     """Check `value` against the annotation `tp`; convert only where lossless (int -> float,
-    list -> tuple). Raises FastdiscoError naming `key`."""
+    list -> tuple). Raises UsageError naming `key`."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is Literal:
         if value not in args:
-            raise FastdiscoError(f"config key '{key}': {value!r} is not one of {list(args)}")
+            raise UsageError(f"config key '{key}': {value!r} is not one of {list(args)}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -157,15 +157,15 @@ def coerce(value: Any, tp, key: str) -> Any:
                 continue
             try:
                 return coerce(value, a, key)
-            except FastdiscoError as e:
+            except UsageError as e:
                 errors.append(str(e))
-        raise FastdiscoError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+        raise UsageError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise FastdiscoError(f"config key '{key}': expected a list, got {value!r}")
+            raise UsageError(f"config key '{key}': expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise FastdiscoError(f"config key '{key}': expected {len(args)} values, got {len(value)}")
+                raise UsageError(f"config key '{key}': expected {len(args)} values, got {len(value)}")
             return tuple(coerce(v, a, key) for v, a in zip(value, args))
         item = args[0] if args else Any
         seq = [coerce(v, item, key) for v in value] if item is not Any else list(value)
@@ -188,19 +188,19 @@ def coerce(value: Any, tp, key: str) -> Any:
             return str(value)
     elif isinstance(value, tp):
         return value
-    raise FastdiscoError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    raise UsageError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
 
 
 def apply_overrides(obj, overrides: dict, prefix: str = "") -> None:
     """Recursively set fields of dataclass `obj` from a nested dict."""
     if not isinstance(overrides, dict):
-        raise FastdiscoError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {overrides!r}")
+        raise UsageError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {overrides!r}")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for k, v in overrides.items():
         key = f"{prefix}{k}"
         if k not in names:
-            raise FastdiscoError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+            raise UsageError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
         cur = getattr(obj, k)
         if dataclasses.is_dataclass(cur):
             apply_overrides(cur, v, key + ".")
@@ -213,7 +213,7 @@ def parse_set(item: str) -> dict:
     import yaml
 
     if "=" not in item:
-        raise FastdiscoError(f"--set expects section.key=value, got '{item}'")
+        raise UsageError(f"--set expects section.key=value, got '{item}'")
     dotted, raw = item.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -233,13 +233,13 @@ def load_yaml(path: str | Path) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise FastdiscoError(f"config file not found: {p}")
+        raise UsageError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise FastdiscoError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise FastdiscoError(f"config file {p} must hold a mapping of sections")
+        raise UsageError(f"config file {p} must hold a mapping of sections")
     return data
 
 
@@ -279,3 +279,59 @@ def save_yaml(cfg, path: str | Path) -> None:
 
     with atomic_write(path, "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- documentation
+def field_docs(cls) -> dict[str, str]:
+    """Each field's meaning, read from the comments beside it in this file (a trailing comment,
+    its continuation lines, or the comment block just above): the dataclasses are the one place
+    a field is documented, and `fastdisco train --help` lists them from here."""
+    import inspect
+    import io
+    import tokenize
+
+    docs: dict[str, str] = {}
+    pending: list[str] = []   # comment block above the next field
+    last: str | None = None   # field whose trailing comment may continue on the next lines
+    line_of_last = -1
+    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline)
+    names = {f.name for f in dataclasses.fields(cls)}
+    at_line_start = True
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            if not at_line_start and last is not None and tok.start[0] == line_of_last:
+                docs[last] = text                       # trailing comment of the field
+            elif last is not None and tok.start[0] == line_of_last + 1 and tok.start[1] > 20:
+                docs[last] += " " + text                 # an indented continuation of it
+                line_of_last += 1
+            else:
+                pending.append(text)
+                last = None
+        elif tok.type == tokenize.NAME and at_line_start and tok.string in names and tok.start[1] == 4:
+            last, line_of_last = tok.string, tok.start[0]
+            if pending:
+                docs[last] = " ".join(pending)
+            pending = []
+        if tok.type in (tokenize.NEWLINE, tokenize.NL):
+            at_line_start = True
+        elif tok.type not in (tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT):
+            at_line_start = False
+    return docs
+
+
+def describe_fields(cls=Config) -> str:
+    """`section.key = default  meaning` for every config field, section by section."""
+    lines = []
+    for sec in dataclasses.fields(cls):
+        sub = sec.type if isinstance(sec.type, type) else type(getattr(cls(), sec.name))
+        doc = (sub.__doc__ or "").strip().splitlines()[0] if sub.__doc__ else ""
+        lines.append(f"{sec.name}:  {doc}")
+        docs, hints = field_docs(sub), typing.get_type_hints(sub)
+        for f in dataclasses.fields(sub):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            tp = hints[f.name]
+            kind = "|".join(map(str, typing.get_args(tp))) if typing.get_origin(tp) is Literal else _type_name(tp)
+            meaning = f"  # {docs[f.name]}" if f.name in docs else ""
+            lines.append(f"  {sec.name}.{f.name}: {kind} = {default!r}{meaning}")
+    return "\n".join(lines)

@@ -33,13 +33,6 @@ SCALES = {
 }
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scale", choices=("auto", "cpu", "gpu"), default="auto")
-    p.add_argument("--data", default="data/demo", help="where prepared data goes")
-    p.add_argument("--out", default="runs/demo", help="where runs and results go")
-    p.add_argument("--no-progress", action="store_true")
-
-
 def _run(argv: list[str]) -> None:
     """Run one fastdisco command in-process, echoing it the way a user would type it."""
     from fastdisco.cli.main import main
@@ -92,7 +85,7 @@ def _eval(run: Path, train: Path, test: Path, protocol: str, res: int, progress:
     return json.loads(out.read_text())
 
 
-def main(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> int:
     import torch
 
     t0 = time.time()

@@ -1,8 +1,13 @@
-"""User-facing errors: the CLI prints them as one line (no traceback) and exits non-zero."""
+"""User-facing errors: the CLI prints them as one line (no traceback) and exits non-zero:
+2 for a UsageError (a wrong command line or config: argparse's convention), 1 for anything else."""
 
 
 class FastdiscoError(Exception):
     """A problem with the user's input or environment, explained in one line."""
+
+
+class UsageError(FastdiscoError):
+    """The command line or the config is wrong (unknown key, bad value, missing argument): exit 2."""
 
 
 class MissingBackendError(FastdiscoError):

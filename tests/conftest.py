@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+import fastdisco._compat  # noqa: F401  (torchvision import fix before any test imports timm)
+
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -331,17 +331,18 @@ def _manifest(path, labeled=True):
 
 def test_cli_errors_are_one_line(tmp_path, run_dir, capsys):
     lab, unl = _manifest(tmp_path / "lab"), _manifest(tmp_path / "unl", labeled=False)
+    # exit 1: a runtime error (files, data, checkpoints); exit 2: a usage error (the command line)
     cases = [
-        (["knn", str(tmp_path / "nope.pt"), "--train", str(lab), "--val", str(lab)], "checkpoint not found"),
-        (["knn", str(tmp_path), "--train", str(lab), "--val", str(lab)], "no checkpoint in run directory"),
-        (["knn", str(run_dir), "--train", str(unl), "--val", str(lab)], "is unlabeled"),
-        (["linear", str(run_dir), "--train", str(lab), "--val", str(tmp_path)], "not a prepared dataset"),
-        (["knn", str(run_dir), "--train", str(lab)], "give --val DATA, or --holdout"),
-        (["linear", str(run_dir), "--train", str(lab), "--holdout", "0.2", "--full"], "--full needs --val"),
-        (["ssld", str(run_dir), "--val", str(lab)], "has no classifier"),
+        (["knn", str(tmp_path / "nope.pt"), "--train", str(lab), "--val", str(lab)], "checkpoint not found", 1),
+        (["knn", str(tmp_path), "--train", str(lab), "--val", str(lab)], "no checkpoint in run directory", 1),
+        (["knn", str(run_dir), "--train", str(unl), "--val", str(lab)], "is unlabeled", 1),
+        (["linear", str(run_dir), "--train", str(lab), "--val", str(tmp_path)], "not a prepared dataset", 1),
+        (["knn", str(run_dir), "--train", str(lab)], "give --val DATA, or --holdout", 2),
+        (["linear", str(run_dir), "--train", str(lab), "--holdout", "0.2", "--full"], "--full needs --val", 2),
+        (["ssld", str(run_dir), "--val", str(lab)], "has no classifier", 1),
     ]
-    for argv, msg in cases:
-        assert cli_main(["eval", *argv, "--device", "cpu"]) == 2, argv
+    for argv, msg, code in cases:
+        assert cli_main(["eval", *argv, "--device", "cpu"]) == code, argv
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1, (argv, err)
 

@@ -78,4 +78,4 @@ def test_corrupt_jpeg_is_a_problem(capsys, dali_out, tmp_path):
 
 def test_not_a_prepared_dataset(capsys, tmp_path):
     rc, out, err = inspect(capsys, tmp_path)
-    assert rc == 2 and len(err.strip().splitlines()) == 1 and "manifest.json" in err
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "manifest.json" in err  # a runtime error

@@ -40,5 +40,7 @@ if ! "$VENV/bin/python" -c "import ffcv" 2>/dev/null; then
     $PIP install -q --no-build-isolation -c tools/constraints.txt "ffcv==1.0.2" \
     || echo "[install] WARNING: ffcv did not build; the ffcv backend will be unavailable"
 fi
+# torchvision beside a CPU torch: a start-up .pth applies the import fix only where it is needed
+"$VENV/bin/python" -m fastdisco._compat --install-pth
 touch "$VENV/.fastdisco-installed"
 echo "[install] done: $("$VENV/bin/python" -c 'import fastdisco, torch; print("fastdisco", fastdisco.__version__, "torch", torch.__version__)')"

@@ -16,13 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from fastdisco.errors import FastdiscoError
-
-PROTOCOLS = ("linear", "knn", "semi", "ssld")
+from fastdisco.errors import FastdiscoError, UsageError
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("protocol", choices=PROTOCOLS, help="linear probe, weighted kNN, 1%%/10%% probes, SSLD classifier")
+
+def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("ckpt", help="fastdisco checkpoint or run dir, exported .safetensors, timm state dict, or teacher ckpt")
     p.add_argument("--train", metavar="DATA", help="prepared labelled train set (fastdisco prepare-data output)")
     p.add_argument("--val", metavar="DATA", help="prepared labelled validation set")
@@ -45,39 +43,82 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="backbone autocast dtype (auto: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-progress", action="store_true")
-    g = p.add_argument_group("linear / semi")
-    m = g.add_mutually_exclusive_group()
-    m.add_argument("--fast", dest="full", action="store_false", default=False,
-                   help="(default) train on cached features: seconds, close to the protocol's number")
-    m.add_argument("--full", dest="full", action="store_true",
-                   help="the DisCo protocol: RRC+flip every epoch through the frozen backbone")
+
+
+def _probe(p: argparse.ArgumentParser, full: bool) -> None:
+    """The linear probe's options (linear; semi trains the same fast probe per subset)."""
+    g = p.add_argument_group("linear probe")
+    if full:
+        m = g.add_mutually_exclusive_group()
+        m.add_argument("--fast", dest="full", action="store_false", default=False,
+                       help="(default) train on cached features: seconds, close to the protocol's number")
+        m.add_argument("--full", dest="full", action="store_true",
+                       help="the DisCo protocol: RRC+flip every epoch through the frozen backbone")
     g.add_argument("--epochs", type=int, default=100)
     g.add_argument("--lr", type=float, default=None, help="default: 3.0 (--full), 1e-3 (fast adamw)")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--wd", type=float, default=0.0)
-    g.add_argument("--milestones", type=int, nargs="*", default=[5, 10, 15, 20, 25, 30, 35, 40, 45, 60, 80])
-    g.add_argument("--gamma", type=float, default=0.5)
+    if full:
+        g.add_argument("--milestones", type=int, nargs="*", default=[5, 10, 15, 20, 25, 30, 35, 40, 45, 60, 80])
+        g.add_argument("--gamma", type=float, default=0.5)
     g.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd", "lbfgs"), help="fast mode optimiser")
     g.add_argument("--probe-batch-size", type=int, default=1024, help="fast mode mini-batch")
     g.add_argument("--no-standardize", action="store_true", help="fast mode: do not standardise features")
     g.add_argument("--aug-passes", type=int, default=0,
                    help="fast mode: add N passes of the train set with the `linear` recipe (RRC + flip)")
-    g.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1], help="semi: label fractions")
+
+
+def _semi(p: argparse.ArgumentParser) -> None:
+    _probe(p, full=False)
+    g = p.add_argument_group("semi-supervised subsets")
+    g.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1], help="label fractions")
     g.add_argument("--subset-file", action="append", default=[], metavar="FILE",
-                   help="semi: file of train sample indices/keys, one per line (repeatable; replaces --fractions)")
+                   help="file of train sample indices/keys, one per line (repeatable; replaces --fractions)")
+
+
+def _knn(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("knn")
     g.add_argument("--k", type=int, default=200)
     g.add_argument("--temperature", type=float, default=0.07)
+
+
+def _ssld(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ssld")
     g.add_argument("--teacher", help="teacher timm name (default: the run's model.teacher)")
     g.add_argument("--teacher-ckpt", help="teacher checkpoint (default: the run's model.teacher_ckpt)")
+
+
+# protocol -> (its own options, one-line help)
+SUBCOMMANDS = {
+    "linear": (lambda p: _probe(p, full=True), "linear probe on the frozen backbone (fast, or the DisCo protocol)"),
+    "knn": (_knn, "weighted kNN on the frozen backbone's features"),
+    "semi": (_semi, "semi-supervised: linear probes on 1 and 10 percent label subsets"),
+    "ssld": (_ssld, "SSLD student: its own classifier's top-1 and agreement with the teacher"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`eval PROTOCOL ...` as nested subcommands: `fastdisco eval knn --help` shows knn's options.
+    Every protocol's args also carry the other protocols' defaults, so main() reads one namespace."""
+    everything = argparse.ArgumentParser(add_help=False, conflict_handler="resolve")
+    _common(everything)
+    for adder, _ in SUBCOMMANDS.values():
+        adder(everything)
+    defaults = {a.dest: a.default for a in everything._actions if a.dest != "ckpt"}
+    sub = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
+    for name, (adder, help_) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        _common(sp)
+        adder(sp)
+        own = {a.dest for a in sp._actions}
+        sp.set_defaults(**{k: v for k, v in defaults.items() if k not in own})
 
 
 # --------------------------------------------------------------------------- data
 def read_manifest(path: str | None, what: str, need_labels: bool) -> dict:
     """The prepared dataset's manifest, with one-line errors for the usual mistakes."""
     if not path:
-        raise FastdiscoError(f"--{what} DATA is required for this protocol")
+        raise UsageError(f"--{what} DATA is required for this protocol")
     man = Path(path) / "manifest.json"
     if not man.is_file():
         raise FastdiscoError(f"{what} data {path} is not a prepared dataset (no manifest.json; run fastdisco prepare-data)")
@@ -126,11 +167,11 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.time()
     if args.protocol != "ssld" and not args.val and not args.holdout:
         read_manifest(args.train, "train", True)  # the clearer error first
-        raise FastdiscoError("give --val DATA, or --holdout F to hold out part of --train")
+        raise UsageError("give --val DATA, or --holdout F to hold out part of --train")
     if args.holdout and not 0 < args.holdout < 1:
-        raise FastdiscoError(f"--holdout must be in (0, 1), got {args.holdout}")
+        raise UsageError(f"--holdout must be in (0, 1), got {args.holdout}")
     if args.holdout and args.protocol == "linear" and args.full:
-        raise FastdiscoError("--holdout works with cached features only; --full needs --val")
+        raise UsageError("--holdout works with cached features only; --full needs --val")
     manifests = {}
     if args.protocol == "ssld":
         manifests["val"] = read_manifest(args.val or args.train, "val" if args.val else "train", False)

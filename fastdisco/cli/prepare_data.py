@@ -19,7 +19,8 @@ NO_SRC_DATASETS = ("fashion-mnist", "synthetic")  # SRC optional for these
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = __doc__.split("Examples:", 1)[1].join(["Examples:", ""])
+    p.description, examples = __doc__.split("Examples:", 1)
+    p.epilog = "Examples:" + examples
     p.add_argument("paths", nargs="+", metavar="[SRC] OUT",
                    help="SRC: class-folder tree, flat folder, or .txt/.csv list of `path[,label]` "
                         "(optional for --dataset fashion-mnist|synthetic); OUT: output folder")
@@ -44,12 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from fastdisco.dataset.prepare import prepare_dataset
-    from fastdisco.errors import FastdiscoError
+    from fastdisco.errors import UsageError
 
     if len(args.paths) > 2:
-        raise FastdiscoError(f"expected [SRC] OUT, got {len(args.paths)} paths")
+        raise UsageError(f"expected [SRC] OUT, got {len(args.paths)} paths")
     if len(args.paths) == 1 and args.dataset not in NO_SRC_DATASETS:
-        raise FastdiscoError("missing SRC: usage is `fastdisco prepare-data SRC OUT` "
+        raise UsageError("missing SRC: usage is `fastdisco prepare-data SRC OUT` "
                              "(SRC is optional only with --dataset fashion-mnist|synthetic)")
     src, out = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
     options = {"split": args.split, "val_labels": args.val_labels, "num_classes": args.num_classes,

@@ -14,14 +14,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", metavar="OUT", help="a folder written by `fastdisco prepare-data`")
-    p.add_argument("--samples", type=int, default=16, help="samples to decode and show (16)")
-    p.add_argument("--grid", help="PNG grid path (default OUT/inspect.png)")
-
-
 def _sample_ids(n: int, k: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, num=min(k, n)).round().astype(int).tolist()))
 
@@ -220,15 +212,3 @@ def inspect_dataset(out: str | Path, samples: int = 16, grid: str | Path | None 
     if tiles:
         write_grid(grid_path, tiles)
     return {"problems": problems, "checked": checked, "grid": str(grid_path) if tiles else None}
-
-
-def main(args: argparse.Namespace) -> int:
-    report = inspect_dataset(args.out, args.samples, args.grid)
-    for k, v in report["checked"].items():
-        print(f"{k}: {v}")
-    if report["grid"]:
-        print(f"grid: {report['grid']}")
-    for p in report["problems"]:
-        print(f"PROBLEM: {p}")
-    print("OK" if not report["problems"] else f"{len(report['problems'])} problem(s)")
-    return 1 if report["problems"] else 0

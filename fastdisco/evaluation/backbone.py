@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fastdisco._compat  # noqa: F401  (torchvision import fix before timm, where the install did not apply it)
 import torch
 
 from fastdisco.errors import FastdiscoError

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+import fastdisco._compat  # noqa: F401  (torchvision import fix before timm, where the install did not apply it)
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+import fastdisco._compat  # noqa: F401  (torchvision import fix before timm, where the install did not apply it)
 import torch
 from torch import nn
 
