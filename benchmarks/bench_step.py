@@ -2,7 +2,7 @@
 
 `build_setup(cfg, device)` makes what `fastdisco.engine.trainer` makes (student, method, optimizer, the
 separately compiled student / key encoder / teacher, autocast) and `train_step(setup, batch)`
-does one optimizer step the way train.py's loop does with grad_accum=1 (forward + loss under
+does one optimizer step the way Trainer.step does with grad_accum=1 (forward + loss under
 autocast, backward, on-device found_inf, fused optimizer step, zero_grad, momentum update).
 It does not re-implement any model or loss: `fastdisco.models.methods` computes the objective.
 
@@ -78,14 +78,14 @@ class StepSetup:
 
 
 def build_setup(cfg: Config, device: torch.device, teacher: nn.Module | None = None) -> StepSetup:
-    """Student, teacher, method and optimizer exactly as fastdisco.engine.trainer._train builds them
+    """Student, teacher, method and optimizer exactly as fastdisco.engine.trainer.Trainer builds them
     (same seeding order). `teacher` defaults to `random_teacher` when the method needs one."""
     from fastdisco.models.methods import METHODS, build_method
     from fastdisco.models.student import build_student
     from fastdisco.engine.optim import build_optimizer, scaled_lr, supports_found_inf
-    from fastdisco.engine.trainer import _setup_determinism
+    from fastdisco.engine.trainer import setup_determinism
 
-    _setup_determinism(cfg)
+    setup_determinism(cfg.train.deterministic)
     cls = METHODS[cfg.method.name]
     amp_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
     mem = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
@@ -97,20 +97,16 @@ def build_setup(cfg: Config, device: torch.device, teacher: nn.Module | None = N
     student = build_student(cfg.model, cfg.method.name).to(device, memory_format=mem)
     method = build_method(cfg, student, teacher).to(device)
     method.train()
-    torch.manual_seed(cfg.train.seed)  # train.py: seed + rank, rank 0 here
+    torch.manual_seed(cfg.train.seed)  # the Trainer: seed + rank, rank 0 here
     optimizer = build_optimizer(cfg.optim, student, device, scaled_lr(cfg.optim, cfg.data.batch_size))
-    compile_ = torch.compile if cfg.train.compile else (lambda m: m)
-    method.run_student = compile_(student)
-    if hasattr(method, "key_encoder"):
-        method.run_key = compile_(method.key_encoder)
-    if teacher is not None:
-        method.run_teacher = compile_(teacher)
+    if cfg.train.compile:
+        method.compile_parts()
     view_dtype = torch.bfloat16 if (amp_dtype is not None and device.type == "cuda") else torch.float32
     return StepSetup(cfg, device, method, optimizer, amp_dtype, view_dtype, mem, supports_found_inf(optimizer))
 
 
 def train_step(s: StepSetup, batch) -> torch.Tensor:
-    """One optimizer step as in train.py (grad_accum=1, no clipping); returns the detached loss.
+    """One optimizer step as in Trainer.step (grad_accum=1, no clipping); returns the detached loss.
     No host sync: the non-finite flag goes to the fused optimizer on the device."""
     with s.autocast():
         loss, _parts = s.method.step(batch)

@@ -3,7 +3,7 @@
 - Parameter groups: no weight decay on norms and biases (any parameter with ndim <= 1).
 - SGD / AdamW with `fused=True` where the device supports it (CUDA, CPU), `foreach` otherwise.
   Fused optimizers read a device-side `found_inf` flag and skip the update on device, which is
-  how a non-finite step is skipped without a host sync (see train.py).
+  how a non-finite step is skipped without a host sync (see engine/trainer.py).
 - LARS (You et al. 2017): SGD + momentum with a per-layer trust ratio; norms and biases get
   neither weight decay nor adaptation (as in SimCLR / BYOL). Honours `found_inf` too.
 - Cosine schedule with linear warm-up, precomputed per optimizer step as a tensor.

@@ -1,4 +1,5 @@
-"""The training loop: set-up, then `for step: batches -> forward -> loss -> backward -> step -> log`.
+"""The training loop: `Trainer` = run set-up + resume, then `for step: batches -> forward -> loss ->
+backward -> step -> log`, with checkpointing and metrics in named helpers beside it.
 
 One optimizer step = `optim.grad_accum` loader batches. The hot loop never waits on the host:
 loss parts are summed on the device and fetched every `train.log_every` steps.
@@ -15,7 +16,6 @@ Optimizers without on-device skipping (foreach fallback) check the flag on the h
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -23,18 +23,30 @@ from pathlib import Path
 
 import torch
 
-from fastdisco.engine.checkpoint import FORMAT, CheckpointManager, StopSignal, rng_state, set_rng_state
 from fastdisco.config import save_yaml, to_dict
 from fastdisco.distributed import all_reduce_mean, cleanup, init_distributed
+from fastdisco.engine.checkpoint import FORMAT, CheckpointManager, StopSignal, rng_state, set_rng_state
+from fastdisco.engine.metrics import MetricsLogger
+from fastdisco.engine.optim import build_optimizer, cosine_schedule, scaled_lr, supports_found_inf
 from fastdisco.errors import FastdiscoError
 from fastdisco.io import write_json
 from fastdisco.models.methods import METHODS, build_method
 from fastdisco.models.student import build_student, repair_bn_stats
-from fastdisco.engine.optim import build_optimizer, cosine_schedule, scaled_lr, supports_found_inf
 
 
-def _setup_determinism(cfg) -> None:
-    if cfg.train.deterministic:
+def train(cfg, loader=None, teacher=None) -> dict:
+    """Train per `cfg`; resumes from cfg.train.out_dir when it holds a checkpoint. `loader` and
+    `teacher` may be injected (tests); otherwise built from cfg.data / cfg.model."""
+    dist = init_distributed(cfg.train.device, cfg.train.dist_backend)
+    try:
+        with contextlib.ExitStack() as owned:  # closes what the Trainer builds (the loader's workers)
+            return Trainer(cfg, dist, owned, loader, teacher).fit()
+    finally:
+        cleanup()
+
+
+def setup_determinism(deterministic: bool) -> None:
+    if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -44,7 +56,7 @@ def _setup_determinism(cfg) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def _gather_objects(obj, world: int) -> list:
+def gather_objects(obj, world: int) -> list:
     if world == 1:
         return [obj]
     import torch.distributed as dist
@@ -54,221 +66,213 @@ def _gather_objects(obj, world: int) -> list:
     return out
 
 
-def train(cfg, loader=None, teacher=None) -> dict:
-    """Train per `cfg`; resumes from cfg.train.out_dir when it holds a checkpoint. `loader` and
-    `teacher` may be injected (tests); otherwise built from cfg.data / cfg.model."""
-    dist = init_distributed(cfg.train.device, cfg.train.dist_backend)
-    try:
-        with contextlib.ExitStack() as owned:  # closes what _train builds (the loader's workers)
-            return _train(cfg, dist, loader, teacher, owned)
-    finally:
-        cleanup()
+class Trainer:
+    """One run: built from the config (`__init__`: run folder, loader, models, optimizer, resume,
+    wrapping), then `fit()` runs the loop. `step()` is one optimizer step (grad accumulation,
+    found_inf), `save()` one checkpoint."""
 
+    def __init__(self, cfg, dist, owned: contextlib.ExitStack, loader=None, teacher=None):
+        self.cfg, self.dist = cfg, dist
+        self.device, self.rank, self.world, self.main = dist.device, dist.rank, dist.world_size, dist.is_main
+        tc, oc = cfg.train, cfg.optim
+        setup_determinism(tc.deterministic)
+        method_cls = METHODS.get(cfg.method.name)
+        if method_cls is None:
+            raise FastdiscoError(f"config key 'method.name': unknown method {cfg.method.name!r}")
+        self.amp_dtype = torch.bfloat16 if tc.precision == "bf16" else None
+        self.run = Path(tc.out_dir)
+        self._write_run_dir()
+        self.loader = loader if loader is not None else owned.enter_context(self._build_loader())
+        self.accum = max(1, oc.grad_accum)
+        steps_per_epoch = len(self.loader) // self.accum
+        if steps_per_epoch < 1:
+            raise FastdiscoError(f"the loader gives {len(self.loader)} batches per epoch, fewer than optim.grad_accum="
+                                 f"{self.accum}: lower data.batch_size or optim.grad_accum")
+        self.total = tc.max_steps if tc.max_steps > 0 else math.ceil(tc.epochs * steps_per_epoch)
+        self.end = min(self.total, tc.stop_at) if tc.stop_at > 0 else self.total
+        self.global_batch = cfg.data.batch_size * self.world * self.accum
+        self._build_models(method_cls, teacher)
+        lr = scaled_lr(oc, self.global_batch)
+        self.optimizer = build_optimizer(oc, self.student, self.device, lr)
+        self.schedule = cosine_schedule(lr, self.total, round(oc.warmup_epochs * steps_per_epoch),
+                                        oc.min_lr_ratio).tolist()
+        self.on_device_skip = supports_found_inf(self.optimizer)
+        self.ckpt = CheckpointManager(self.run, tc.keep_ckpts)
+        self.step_no, self.epoch, self.last_ckpt = 0, 0, None
+        self._resume()
+        self.ddp = self.method.prepare_distributed(self.device) if self.world > 1 else None
+        if tc.compile:
+            self.method.compile_parts()
+        # device-side counters of non-finite steps: read only at the logging cadence
+        self.n_bad = torch.zeros((), device=self.device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.sums: dict[str, torch.Tensor] = {}
 
-def _train(cfg, dist, loader, teacher, owned: contextlib.ExitStack) -> dict:
-    device, rank, world, main = dist.device, dist.rank, dist.world_size, dist.is_main
-    tc, oc = cfg.train, cfg.optim
-    _setup_determinism(cfg)
-    method_cls = METHODS.get(cfg.method.name)
-    if method_cls is None:
-        raise FastdiscoError(f"config key 'method.name': unknown method {cfg.method.name!r}")
-    amp_dtype = torch.bfloat16 if tc.precision == "bf16" else None
-    mem = torch.channels_last if tc.channels_last else torch.contiguous_format
+    # ---------------------------------------------------------------- set-up
+    def _write_run_dir(self) -> None:
+        if self.main:
+            self.run.mkdir(parents=True, exist_ok=True)
+            save_yaml(self.cfg, self.run / "config.yaml")
+            from fastdisco.provenance import collect
 
-    # ---- run directory
-    run = Path(tc.out_dir)
-    if main:
-        run.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run / "config.yaml")
-        from fastdisco.provenance import collect
+            write_json(self.run / "provenance.json", {**collect(), "seed": self.cfg.train.seed,
+                                                       "world_size": self.world})
 
-        write_json(run / "provenance.json", {**collect(), "seed": tc.seed, "world_size": world})
-
-    # ---- data
-    if loader is None:
+    def _build_loader(self):
         from fastdisco.loader import make_loader
 
-        view_dtype = torch.bfloat16 if (amp_dtype is not None and device.type == "cuda") else torch.float32
-        loader = owned.enter_context(make_loader(cfg.data, device=device, dtype=view_dtype, rank=rank,
-                                                 world_size=world))
-    accum = max(1, oc.grad_accum)
-    steps_per_epoch = len(loader) // accum
-    if steps_per_epoch < 1:
-        raise FastdiscoError(f"the loader gives {len(loader)} batches per epoch, fewer than optim.grad_accum="
-                             f"{accum}: lower data.batch_size or optim.grad_accum")
-    total = tc.max_steps if tc.max_steps > 0 else math.ceil(tc.epochs * steps_per_epoch)
-    end = min(total, tc.stop_at) if tc.stop_at > 0 else total
-    global_batch = cfg.data.batch_size * world * accum
+        cuda_amp = self.amp_dtype is not None and self.device.type == "cuda"
+        return make_loader(self.cfg.data, device=self.device, dtype=torch.bfloat16 if cuda_amp else torch.float32,
+                           rank=self.rank, world_size=self.world)
 
-    # ---- models (same seed on every rank: identical init and queue; then per-rank RNG)
-    torch.manual_seed(tc.seed)
-    if teacher is None and method_cls.needs_teacher:
-        from fastdisco.models.teacher import load_teacher
+    def _build_models(self, method_cls, teacher) -> None:
+        """Same seed on every rank (identical init and queue), then a per-rank RNG."""
+        cfg, mem = self.cfg, torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        torch.manual_seed(cfg.train.seed)
+        if teacher is None and method_cls.needs_teacher:
+            from fastdisco.models.teacher import load_teacher
 
-        teacher = load_teacher(cfg.model, output=method_cls.teacher_output)
-    if teacher is not None:
-        teacher = teacher.to(device, memory_format=mem)
-    student = build_student(cfg.model, cfg.method.name).to(device, memory_format=mem)
-    method = build_method(cfg, student, teacher).to(device)
-    method.train()
-    torch.manual_seed(tc.seed + rank)
+            teacher = load_teacher(cfg.model, output=method_cls.teacher_output)
+        if teacher is not None:
+            teacher = teacher.to(self.device, memory_format=mem)
+        self.student = build_student(cfg.model, cfg.method.name).to(self.device, memory_format=mem)
+        self.method = build_method(cfg, self.student, teacher).to(self.device)
+        self.method.train()
+        torch.manual_seed(cfg.train.seed + self.rank)
 
-    lr = scaled_lr(oc, global_batch)
-    optimizer = build_optimizer(oc, student, device, lr)
-    schedule = cosine_schedule(lr, total, round(oc.warmup_epochs * steps_per_epoch), oc.min_lr_ratio).tolist()
-    on_device_skip = supports_found_inf(optimizer)
-
-    # ---- resume
-    ckpt = CheckpointManager(run, tc.keep_ckpts)
-    step, epoch, last_ckpt = 0, 0, None
-    if tc.resume and ckpt.exists():
-        state = ckpt.load()
-        student.load_state_dict(state["student"])
-        method.load_extra_state(state)
-        optimizer.load_state_dict(state["optimizer"])
+    def _resume(self) -> None:
+        if not (self.cfg.train.resume and self.ckpt.exists()):
+            self.loader.set_epoch(self.epoch)
+            return
+        state = self.ckpt.load()
+        self.student.load_state_dict(state["student"])
+        self.method.load_extra_state(state)
+        self.optimizer.load_state_dict(state["optimizer"])
         rngs = state["rng"]
-        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
-        step, last_ckpt = state["step"], str(ckpt.last)
-        loader.load_state_dict(state["loader"])  # then set_epoch(saved epoch): resumes mid-epoch
-        epoch = loader.state_dict()["epoch"]
-        loader.set_epoch(epoch)
-        if main:
-            print(f"fastdisco train: resuming {run} at step {step}/{total}")
-    else:
-        loader.set_epoch(epoch)
+        set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+        self.step_no, self.last_ckpt = state["step"], str(self.ckpt.last)
+        self.loader.load_state_dict(state["loader"])  # then set_epoch(saved epoch): resumes mid-epoch
+        self.epoch = self.loader.state_dict()["epoch"]
+        self.loader.set_epoch(self.epoch)
+        if self.main:
+            print(f"fastdisco train: resuming {self.run} at step {self.step_no}/{self.total}")
 
-    # ---- wrap: DDP for the student only; compile student / key encoder / teacher separately
-    ddp = None
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> dict:
+        tc = self.cfg.train
+        metrics_log = MetricsLogger(self.run, enabled=self.main, tensorboard=tc.tensorboard, progress=tc.progress,
+                                    total=self.end, start=self.step_no, desc=self.cfg.method.name)
+        self._it = iter(self.loader)
+        t_last, step_last, metrics = time.perf_counter(), self.step_no, {}
+        with StopSignal() as signal_flag:
+            while self.step_no < self.end:
+                self.step()
+                stop_now = bool(signal_flag) if self.world == 1 else False
+                log_now = self.step_no % tc.log_every == 0 or self.step_no == self.end or stop_now
+                ckpt_now = self.step_no % tc.ckpt_every == 0 or self.step_no == self.end or stop_now
+                if log_now or ckpt_now:  # host sync point
+                    if self.world > 1:
+                        stop_now = self._any_rank(bool(signal_flag))
+                        ckpt_now = ckpt_now or stop_now
+                    self._check_nonfinite()
+                if log_now and self.step_no > step_last:
+                    metrics = self._metrics(time.perf_counter() - t_last, self.step_no - step_last)
+                    metrics_log.log(metrics)
+                    t_last, step_last = time.perf_counter(), self.step_no
+                if ckpt_now:
+                    self.last_ckpt = self.save() or self.last_ckpt
+                if stop_now:
+                    if self.main:
+                        print(f"\nfastdisco train: signal received, saved {self.last_ckpt} at step {self.step_no}; "
+                              "re-run the same command to resume")
+                    break
+        metrics_log.close()
+        return {"step": self.step_no, "total_steps": self.total, "last_checkpoint": self.last_ckpt,
+                "metrics": metrics, "interrupted": bool(signal_flag)}
 
-        ddp = DDP(student, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
-    compile_ = torch.compile if tc.compile else (lambda m: m)
-    method.run_student = compile_(ddp or student)
-    if hasattr(method, "key_encoder"):
-        method.run_key = compile_(method.key_encoder)
-    if teacher is not None:
-        method.run_teacher = compile_(teacher)
+    def _next_batch(self):
+        try:
+            return next(self._it)
+        except StopIteration:  # epoch boundary (the loader may already have moved on)
+            self.epoch = max(self.epoch + 1, self.loader.state_dict()["epoch"])
+            self.loader.set_epoch(self.epoch)
+            self._it = iter(self.loader)
+            return next(self._it)
 
-    # ---- logging
-    writer, bar = None, None
-    if main:
-        if tc.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    def step(self) -> None:
+        """One optimizer step over `grad_accum` loader batches; a non-finite loss or gradient skips
+        the update on the device (no host sync), counted for the next logging step."""
+        oc = self.cfg.optim
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.schedule[self.step_no]
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                  enabled=self.amp_dtype is not None)
+        loss_step = torch.zeros((), device=self.device)
+        for micro in range(self.accum):
+            batch = self._next_batch()
+            last = micro == self.accum - 1
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with sync:
+                with autocast:
+                    loss, parts = self.method.step(batch)
+                (loss / self.accum).backward()
+            loss_step += loss.detach().float() / self.accum
+            for k, v in parts.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v.float() / self.accum
+        finite = torch.isfinite(loss_step)
+        if oc.clip_grad > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), oc.clip_grad)
+            finite = finite & torch.isfinite(norm)
+        found_inf = (~finite).float()
+        if self.ddp is not None:
+            torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX)
+        if self.on_device_skip:
+            self.optimizer.found_inf = found_inf
+            self.optimizer.step()
+        elif not found_inf.item():  # host check: only for optimizers without on-device skip
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_optimizer_step()
+        self.n_bad += found_inf
+        self.first_bad = torch.where((self.first_bad < 0) & (found_inf > 0), self.step_no + 1, self.first_bad)
+        self.sums["loss"] = self.sums.get("loss", 0.0) + loss_step
+        self.step_no += 1
 
-            writer = SummaryWriter(str(run / "tb"))
-        if tc.progress:
-            from tqdm import tqdm
+    # ---------------------------------------------------------------- helpers beside the loop
+    def _any_rank(self, flag: bool) -> bool:
+        t = torch.tensor(float(flag), device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
 
-            bar = tqdm(total=end, initial=step, unit="step", dynamic_ncols=True, desc=f"{cfg.method.name}")
+    def _check_nonfinite(self) -> None:
+        """nan_policy=stop: raise naming the first bad step; skip: repair BN statistics and go on."""
+        if int(self.n_bad.item()) == 0:
+            return
+        if self.cfg.train.nan_policy == "stop":
+            where = f"last good checkpoint: {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written yet"
+            raise FastdiscoError(f"non-finite loss at step {int(self.first_bad.item())} (train.nan_policy=stop); "
+                                 f"{where}; the weights skipped that update. Lower optim.lr or set "
+                                 "train.nan_policy=skip")
+        for m in (self.student, getattr(self.method, "key_encoder", None)):
+            if m is not None:
+                repair_bn_stats(m)
 
-    def save(done: int) -> str:
-        rngs = _gather_objects(rng_state(), world)  # collective: every rank
-        if not main:
+    def _metrics(self, dt: float, n: int) -> dict:
+        names = sorted(self.sums)
+        vals = all_reduce_mean(torch.stack([self.sums[k] for k in names]).float()).tolist()
+        self.sums = {}
+        return {"step": self.step_no, "epoch": self.epoch, **{k: v / n for k, v in zip(names, vals)},
+                "lr": self.schedule[self.step_no - 1], "images_per_s": n * self.global_batch / max(dt, 1e-9),
+                "nonfinite_steps": int(self.n_bad.item())}
+
+    def save(self) -> str:
+        """A checkpoint of everything exact resume needs (collective: every rank calls it)."""
+        rngs = gather_objects(rng_state(), self.world)
+        if not self.main:
             return ""
-        state = {"format": FORMAT, "step": done, "epoch": epoch, "config": to_dict(cfg),
-                 "student_name": cfg.model.student, "student": student.state_dict(),
-                 "key_encoder": None, "queue": None, **method.extra_state(),
-                 "optimizer": optimizer.state_dict(), "scaler": None, "rng": rngs, "loader": loader.state_dict()}
-        return str(ckpt.save(state, done))
-
-    def nan_stop(first_bad: int) -> FastdiscoError:
-        where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-        return FastdiscoError(f"non-finite loss at step {first_bad} (train.nan_policy=stop); {where}; "
-                              "the weights skipped that update. Lower optim.lr or set train.nan_policy=skip")
-
-    sums: dict[str, torch.Tensor] = {}
-    n_bad = torch.zeros((), device=device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-    it = iter(loader)
-    t_last, step_last, metrics = time.perf_counter(), step, {}
-
-    with StopSignal() as signal_flag:
-        while step < end:
-            for g in optimizer.param_groups:
-                g["lr"] = schedule[step]
-            loss_step = torch.zeros((), device=device)
-            for micro in range(accum):
-                try:
-                    batch = next(it)
-                except StopIteration:  # epoch boundary (the loader may already have moved on)
-                    epoch = max(epoch + 1, loader.state_dict()["epoch"])
-                    loader.set_epoch(epoch)
-                    it = iter(loader)
-                    batch = next(it)
-                sync = ddp.no_sync() if ddp is not None and micro < accum - 1 else contextlib.nullcontext()
-                with sync:
-                    with autocast:
-                        loss, parts = method.step(batch)
-                    (loss / accum).backward()
-                loss_step += loss.detach().float() / accum
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v.float() / accum
-            finite = torch.isfinite(loss_step)
-            if oc.clip_grad > 0:
-                norm = torch.nn.utils.clip_grad_norm_(student.parameters(), oc.clip_grad)
-                finite = finite & torch.isfinite(norm)
-            found_inf = (~finite).float()
-            if ddp is not None:
-                torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX)
-            if on_device_skip:
-                optimizer.found_inf = found_inf
-                optimizer.step()
-            elif not found_inf.item():  # host check: only for optimizers without on-device skip
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            method.after_optimizer_step()
-            n_bad += found_inf
-            first_bad = torch.where((first_bad < 0) & (found_inf > 0), step + 1, first_bad)  # 1-based, as logged
-            sums["loss"] = sums.get("loss", 0.0) + loss_step
-            step += 1
-
-            stop_now = bool(signal_flag) if world == 1 else False
-            log_now = step % tc.log_every == 0 or step == end or stop_now
-            ckpt_now = step % tc.ckpt_every == 0 or step == end or stop_now
-            if log_now or ckpt_now:  # host sync point
-                if world > 1:
-                    flag = torch.tensor(float(bool(signal_flag)), device=device)
-                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                    stop_now = bool(flag.item())
-                    ckpt_now = ckpt_now or stop_now
-                if int(n_bad.item()) > 0:
-                    if tc.nan_policy == "stop":
-                        raise nan_stop(int(first_bad.item()))
-                    for m in (student, getattr(method, "key_encoder", None)):
-                        if m is not None:
-                            repair_bn_stats(m)
-            if log_now and step > step_last:
-                names = sorted(sums)
-                vals = all_reduce_mean(torch.stack([sums[k] for k in names]).float()).tolist()
-                dt = time.perf_counter() - t_last
-                n = step - step_last
-                metrics = {"step": step, "epoch": epoch, **{k: v / n for k, v in zip(names, vals)},
-                           "lr": schedule[step - 1], "images_per_s": n * global_batch / max(dt, 1e-9),
-                           "nonfinite_steps": int(n_bad.item())}
-                if main:
-                    with open(run / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(metrics) + "\n")
-                    if writer is not None:
-                        for k, v in metrics.items():
-                            if k not in ("step", "epoch"):
-                                writer.add_scalar(f"train/{k}", v, step)
-                    if bar is not None:
-                        bar.update(step - bar.n)
-                        bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.0f}")
-                sums, t_last, step_last = {}, time.perf_counter(), step
-            if ckpt_now:
-                last_ckpt = save(step) or last_ckpt
-            if stop_now:
-                if main:
-                    print(f"\nfastdisco train: signal received, saved {last_ckpt} at step {step}; "
-                          "re-run the same command to resume")
-                break
-
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
-    return {"step": step, "total_steps": total, "last_checkpoint": last_ckpt, "metrics": metrics,
-            "interrupted": bool(signal_flag)}
+        state = {"format": FORMAT, "step": self.step_no, "epoch": self.epoch, "config": to_dict(self.cfg),
+                 "student_name": self.cfg.model.student, "student": self.student.state_dict(),
+                 "key_encoder": None, "queue": None, **self.method.extra_state(),
+                 "optimizer": self.optimizer.state_dict(), "scaler": None, "rng": rngs,
+                 "loader": self.loader.state_dict()}
+        return str(self.ckpt.save(state, self.step_no))

@@ -97,6 +97,23 @@ class Method(nn.Module):
     def teach(self, x: torch.Tensor) -> torch.Tensor:
         return self.run_teacher(x)
 
+    # ---- wrapping: the method knows which of its parts train, and how each one runs
+    def prepare_distributed(self, device: torch.device) -> nn.Module:
+        """DDP around the student only (the teacher and the key encoder are never wrapped: they
+        take no gradient). Returns the DDP module (its no_sync() skips an accumulation step's
+        all-reduce)."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ddp = DDP(self.student, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+        self.run_student = ddp
+        return ddp
+
+    def compile_parts(self) -> None:
+        """torch.compile each part on its own: student (or its DDP wrapper) and teacher."""
+        self.run_student = torch.compile(self.run_student)
+        if self.teacher is not None:
+            self.run_teacher = torch.compile(self.teacher)
+
 
 @register("mocov2")
 class MoCoV2(Method):
@@ -127,6 +144,10 @@ class MoCoV2(Method):
 
     def after_optimizer_step(self) -> None:
         ema_update(self.key_encoder, self.student, self.cfg.momentum)
+
+    def compile_parts(self) -> None:
+        super().compile_parts()
+        self.run_key = torch.compile(self.key_encoder)
 
     def extra_state(self) -> dict:
         return {"key_encoder": self.key_encoder.state_dict(), "queue": self.queue.state_dict()}
