@@ -93,8 +93,8 @@ def export_student(ckpt_path: str | Path, out: str | Path, *, hf_dir: str | Path
     import torch
 
     from fastdisco import provenance
-    from fastdisco.evaluation.backbone import (backbone_state_dict, build_timm, load_checkpoint,
-                                               resolve_checkpoint, run_dir_of, sidecar_path)
+    from fastdisco.engine.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
+    from fastdisco.evaluation.backbone import backbone_state_dict, build_timm, sidecar_path
     from fastdisco.io import atomic_write, write_json
 
     out = Path(out)

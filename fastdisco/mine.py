@@ -148,15 +148,15 @@ def select_topk(pred: np.ndarray, conf: np.ndarray, k: int, keep: np.ndarray | N
 
 # --------------------------------------------------------------------------- images
 def eval_transform(img, resolution: int, crop_pct: float) -> np.ndarray:
-    """Resize the shorter side to resolution / crop_pct, center-crop; uint8 HWC."""
+    """The loaders' eval geometry (augment.params.eval_resize: resize the shorter side to
+    int(resolution / crop_pct), centre crop) on a PIL image; uint8 HWC."""
     from PIL import Image
 
-    short = round(resolution / crop_pct)
+    from fastdisco.augment.params import eval_resize
+
     w, h = img.size
-    s = short / min(w, h)
-    img = img.resize((max(resolution, round(w * s)), max(resolution, round(h * s))), Image.Resampling.BILINEAR)
-    w, h = img.size
-    left, top = (w - resolution) // 2, (h - resolution) // 2
+    rh, rw, top, left = eval_resize(h, w, resolution, crop_pct)
+    img = img.resize((rw, rh), Image.Resampling.BILINEAR)
     return np.asarray(img.crop((left, top, left + resolution, top + resolution)), np.uint8)
 
 
@@ -172,7 +172,7 @@ def to_input(arrs: list[np.ndarray]):
     """uint8 HWC images -> float [B,3,H,W] normalised with IMAGENET_MEAN/STD (the loader's)."""
     import torch
 
-    from fastdisco.models.teacher import IMAGENET_MEAN, IMAGENET_STD
+    from fastdisco.augment.recipes import IMAGENET_MEAN, IMAGENET_STD
 
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

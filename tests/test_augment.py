@@ -3,6 +3,7 @@ parameter sampler against torchvision's RandomResizedCrop.get_params."""
 import math
 
 import pytest
+import numpy as np
 import torch
 
 import fastdisco._compat  # noqa: F401  (torchvision import fix on CPU torch)
@@ -102,6 +103,27 @@ def test_eval_geometry_matches_torchvision_resize_center_crop():
         want = TF.center_crop(TF.resize(img.float(), 36, antialias=True), 32)
         assert got.shape == (1, 3, 32, 32)
         assert (got - want).abs().max() < 1e-3, (H, W)
+
+
+def test_eval_geometry_has_one_definition():
+    """eval_resize (one image: mine, export's pretrained_cfg) and center_box (the loaders' batch)
+    give the same resize and crop, and so does mine's eval transform on a real image."""
+    from PIL import Image
+
+    from fastdisco import mine
+
+    sizes = [(375, 500), (500, 333), (64, 64), (100, 37), (28, 28), (37, 100), (33, 32)]
+    for res, ratio in ((32, 0.875), (224, 0.875), (16, 0.5)):
+        rs, box = A.center_box(torch.tensor([h for h, _ in sizes]), torch.tensor([w for _, w in sizes]), res, ratio)
+        for n, (h, w) in enumerate(sizes):
+            rh, rw, top, left = A.eval_resize(h, w, res, ratio)
+            assert [rh, rw] == rs[n].long().tolist() and [top, left] == box[n, :2].long().tolist(), (h, w, res)
+    g = torch.Generator().manual_seed(3)
+    arr = (torch.rand(45, 70, 3, generator=g) * 255).to(torch.uint8).numpy()
+    crop = mine.eval_transform(Image.fromarray(arr), 32, 0.875)
+    rh, rw, top, left = A.eval_resize(45, 70, 32, 0.875)
+    want = np.asarray(Image.fromarray(arr).resize((rw, rh), Image.Resampling.BILINEAR))[top:top + 32, left:left + 32]
+    assert crop.shape == (32, 32, 3) and np.array_equal(crop, want)
 
 
 def test_rrc_sampler_matches_torchvision_distribution():

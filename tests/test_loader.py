@@ -339,9 +339,9 @@ def test_torch_backend_device_crop_equals_worker_crop(prepared):
     c = collect(ld, limit=1)[0]
     assert all(torch.equal(x, y) for x, y in zip(a.views, c.views))
     # Batch.params replays the views exactly from the decoded images
-    from fastdisco.loader.torch_backend import decode_rgb, pad_stack
+    from fastdisco.loader.torch_backend import decode_chw, pad_stack
 
-    imgs = pad_stack([decode_rgb(ld.reader.jpeg(int(i))) for i in a.indices])
+    imgs = pad_stack([decode_chw(ld.reader.jpeg(int(i))) for i in a.indices])
     for v, p in zip(a.views, a.params):
         assert torch.equal(A.apply_view(imgs, p, RES, crop_u8=True), v)
         assert (A.apply_view(imgs, p, RES) - v).abs().max() < 0.1  # float crop: within rounding

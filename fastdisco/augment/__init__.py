@@ -8,7 +8,7 @@ from fastdisco.augment import ops
 from fastdisco.augment.cpu import (CPU_KERNELS, CpuPool, augment_cpu, color_one, cpu_kernel, crop_one,
                                    photometric_cpu, set_cpu_kernel, warm_up_cpu)
 from fastdisco.augment.device import color_view, crop_view, normalize
-from fastdisco.augment.params import (batch_seed, center_box, host_params, make_generator, sample_params,
+from fastdisco.augment.params import (batch_seed, center_box, eval_resize, host_params, make_generator, sample_params,
                                       sample_rrc, sample_view_params)
 from fastdisco.augment.pipeline import Augment, apply_view
 from fastdisco.augment.recipes import (EVAL_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, RECIPES, ViewSpec,
@@ -16,6 +16,6 @@ from fastdisco.augment.recipes import (EVAL_CROP_RATIO, IMAGENET_MEAN, IMAGENET_
 
 __all__ = ["Augment", "apply_view", "ops", "CPU_KERNELS", "CpuPool", "augment_cpu", "color_one", "cpu_kernel",
            "crop_one", "photometric_cpu", "set_cpu_kernel", "warm_up_cpu", "color_view", "crop_view", "normalize",
-           "batch_seed", "center_box", "host_params", "make_generator", "sample_params", "sample_rrc",
+           "batch_seed", "center_box", "eval_resize", "host_params", "make_generator", "sample_params", "sample_rrc",
            "sample_view_params", "EVAL_CROP_RATIO", "IMAGENET_MEAN", "IMAGENET_STD", "RECIPES", "ViewSpec",
            "blur_kernel_size", "norm_consts", "recipe_views"]

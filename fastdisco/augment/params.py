@@ -63,14 +63,23 @@ def sample_rrc(g: torch.Generator, heights: Tensor, widths: Tensor,
     return torch.where(any_ok.view(-1, 1), box, fb).float()
 
 
-def center_box(heights: Tensor, widths: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
-    """Eval geometry: torchvision Resize(int(res/0.875)) then CenterCrop(res).
+def eval_resize(height: int, width: int, resolution: int, crop_ratio: float = EVAL_CROP_RATIO) -> tuple[int, int, int, int]:
+    """The eval geometry for one image: torchvision Resize(int(res / crop_ratio)) then CenterCrop(res).
+    Returns (resized height, resized width, crop top, crop left). `center_box` is its batched form."""
+    short = int(resolution / crop_ratio)
+    s = min(height, width)
+    # torchvision: the short side becomes `short`, the long side int(short * long / short_side)
+    rh = short if height <= width else int(short * height / s)
+    rw = short if width <= height else int(short * width / s)
+    return rh, rw, round((rh - resolution) / 2.0), round((rw - resolution) / 2.0)
 
-    Returns the resized sizes [B, 2] and the crop box in resized pixels [B, 4]."""
-    short = int(resolution / EVAL_CROP_RATIO)
+
+def center_box(heights: Tensor, widths: Tensor, resolution: int,
+               crop_ratio: float = EVAL_CROP_RATIO) -> tuple[Tensor, Tensor]:
+    """`eval_resize` for a batch: the resized sizes [B, 2] and the crop box in resized pixels [B, 4]."""
+    short = int(resolution / crop_ratio)
     H, W = heights.double(), widths.double()
     s = torch.minimum(H, W)
-    # torchvision: the short side becomes `short`, the long side int(short * long / short_side)
     rh = torch.where(H <= W, torch.full_like(H, short), torch.floor(short * H / s))
     rw = torch.where(W <= H, torch.full_like(W, short), torch.floor(short * W / s))
     top = torch.round((rh - resolution) / 2.0)

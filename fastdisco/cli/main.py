@@ -34,12 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastdisco {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:  # TEMPORARY while the export command moves into cli/
-            if e.name != module:
-                raise
-            mod = importlib.import_module("fastdisco.export")
+        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_, description=mod.__doc__ or help_,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)

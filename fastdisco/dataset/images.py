@@ -128,3 +128,10 @@ def decode_rgb(jpeg: bytes) -> np.ndarray:
     """Reference decoder used by tests and `inspect`: JPEG bytes -> HxWx3 uint8."""
     with Image.open(io.BytesIO(jpeg)) as img:
         return np.asarray(img.convert("RGB"))
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from the JPEG header, without decoding."""
+    with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size
+    return h, w

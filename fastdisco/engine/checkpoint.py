@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastdisco.errors import FastdiscoError
 from fastdisco.io import atomic_torch_save, safe_torch_load
 
 FORMAT = "fastdisco-ckpt-v1"
@@ -48,12 +49,42 @@ class CheckpointManager:
         return path
 
     def load(self, path: str | Path | None = None) -> dict:
-        from fastdisco.errors import FastdiscoError
-
         state = safe_torch_load(path or self.last)
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise FastdiscoError(f"{path or self.last} is not a {FORMAT} checkpoint")
         return state
+
+
+# --------------------------------------------------------------------------- reading outside training
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its `checkpoints/last.pt`; a file is itself."""
+    p = Path(path)
+    if p.is_dir():
+        last = p / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise FastdiscoError(f"no checkpoint in run directory {p} (expected {last})")
+        return last
+    if not p.is_file():
+        raise FastdiscoError(f"checkpoint not found: {p}")
+    return p
+
+
+def run_dir_of(ckpt: Path) -> Path | None:
+    """RUN/checkpoints/x.pt -> RUN (None when the file does not sit in a run directory)."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a run checkpoint for use outside training (eval, export, teacher), with weights_only=True."""
+    p = resolve_checkpoint(path)
+    ckpt = safe_torch_load(p)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise FastdiscoError(f"{p} is not a fastdisco checkpoint (format {found!r}, expected {FORMAT!r})")
+    for key in ("student_name", "student"):
+        if key not in ckpt:
+            raise FastdiscoError(f"fastdisco checkpoint {p} lacks the key '{key}'")
+    return ckpt
 
 
 # --------------------------------------------------------------------------- RNG

@@ -15,9 +15,10 @@ from typing import Any
 import fastdisco._compat  # noqa: F401  (torchvision import fix before timm, where the install did not apply it)
 import torch
 
+from fastdisco.engine.checkpoint import FORMAT as CKPT_FORMAT  # noqa: F401  (re-exported)
+from fastdisco.engine.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of  # noqa: F401
 from fastdisco.errors import FastdiscoError
 
-CKPT_FORMAT = "fastdisco-ckpt-v1"
 FORMATS = ("auto", "fastdisco", "safetensors", "timm", "teacher")
 
 
@@ -32,39 +33,6 @@ class LoadedBackbone:
     kind: str                        # "fastdisco" | "safetensors" | "timm" | "teacher"
     run_dir: str | None = None       # the run directory when loaded from a fastdisco run
     meta: dict = field(default_factory=dict)  # step, epoch, method, resolution, ...
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its `checkpoints/last.pt`; a file is itself."""
-    p = Path(path)
-    if p.is_dir():
-        last = p / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise FastdiscoError(f"no checkpoint in run directory {p} (expected {last})")
-        return last
-    if not p.is_file():
-        raise FastdiscoError(f"checkpoint not found: {p}")
-    return p
-
-
-def run_dir_of(ckpt: Path) -> Path | None:
-    """RUN/checkpoints/x.pt -> RUN (None when the file does not sit in a run directory)."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a fastdisco checkpoint (docs/design.md section 4) with weights_only=True."""
-    from fastdisco.io import safe_torch_load
-
-    p = resolve_checkpoint(path)
-    ckpt = safe_torch_load(p)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise FastdiscoError(f"{p} is not a fastdisco checkpoint (format {found!r}, expected {CKPT_FORMAT!r})")
-    for key in ("student_name", "student"):
-        if key not in ckpt:
-            raise FastdiscoError(f"fastdisco checkpoint {p} lacks the key '{key}'")
-    return ckpt
 
 
 def backbone_state_dict(student_state: dict) -> dict:

@@ -15,7 +15,6 @@ starts elsewhere (set_epoch / load_state_dict) builds a new one.
 """
 from __future__ import annotations
 
-import io
 from collections import deque
 from typing import Iterator
 
@@ -25,18 +24,10 @@ import torch
 from fastdisco import augment as A
 from fastdisco.loader.base import BaseLoader, Batch
 from fastdisco.dataset.webdataset import SampleReader, ShardIndex
+from fastdisco.dataset.images import jpeg_size
 from fastdisco.errors import FastdiscoError, require
 
 _HINT = "install it with `pip install nvidia-dali-cuda130` (or choose data.backend=torch)"
-
-
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from the JPEG header, without decoding."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        w, h = im.size
-    return h, w
 
 
 def roi(params: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:

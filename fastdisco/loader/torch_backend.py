@@ -16,7 +16,6 @@ No extra dependency: this is also the reference backend.
 """
 from __future__ import annotations
 
-import io
 import warnings
 import weakref
 from typing import Iterator
@@ -29,6 +28,7 @@ from fastdisco import augment as A
 from fastdisco.loader.base import BaseLoader, Batch
 from fastdisco.loader import view_pool
 from fastdisco.loader.view_pool import NO_SLOT, ViewPool
+from fastdisco.dataset.images import decode_rgb
 from fastdisco.dataset.webdataset import SampleReader, ShardIndex
 from fastdisco.errors import FastdiscoError
 
@@ -36,13 +36,10 @@ PREFETCH = 4    # batches in flight per worker
 POOL_SPARE = 3  # output batches beyond those in flight, for the ones the caller still holds
 
 
-def decode_rgb(data: bytes) -> torch.Tensor:
-    """JPEG bytes -> uint8 [3, H, W]."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im.convert("RGB"))
-    # no copy: a [3, H, W] view of the HWC pixels, the layout torch's uint8 resize is fastest on.
+def decode_chw(data: bytes) -> torch.Tensor:
+    """JPEG bytes -> uint8 [3, H, W]: dataset.images.decode_rgb, viewed planar without a copy
+    (the HWC pixels' [3, H, W] view is the layout torch's uint8 resize is fastest on)."""
+    arr = decode_rgb(data)
     # `arr` is read-only (Pillow's buffer) and is only ever read, hence no warning
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -83,7 +80,7 @@ class _PlanBatches(Dataset):
         epoch, b, slot = key
         idx, valid = self._plan(epoch)
         ids = idx[b]
-        imgs = [decode_rgb(self.reader.jpeg(int(i))) for i in ids]
+        imgs = [decode_chw(self.reader.jpeg(int(i))) for i in ids]
         labels = torch.tensor([self.reader.label(int(i)) for i in ids], dtype=torch.int64)
         h = torch.tensor([im.shape[1] for im in imgs])
         w = torch.tensor([im.shape[2] for im in imgs])
