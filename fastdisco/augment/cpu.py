@@ -8,7 +8,7 @@ The colour ops and normalisation run in one of two kernels, the same for a loade
 apply_view (replays stay bit-exact): "fused" (default), a numba kernel that streams each image
 row by row through all its ops (`fastdisco.augment.cpu_fused`; ~3x cheaper), or "torch", one
 torch op per full-image pass (`color_one`; the reference). This module is the one place that
-decides: `fused_view()` gives the fused kernel's arrays where it applies (numba importable,
+decides: `_fused_view()` gives the fused kernel's arrays where it applies (numba importable,
 float32 output), else None and the torch ops run. Choose with FASTDISCO_CPU_AUGMENT=fused|torch
 or set_cpu_kernel("fused"|"torch"); warm_up_cpu() compiles (or loads from numba's cache) the
 fused kernel, e.g. in a loader's parent process before it forks workers.
