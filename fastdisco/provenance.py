@@ -14,8 +14,10 @@ repository must not record the user's commit as fastdisco's):
     installed files are that commit's, so `dirty` is False);
   * a local folder (not editable) or an archive (`archive_info`): a built copy; no commit;
   * no `direct_url.json` (installed from a package index): a wheel; no commit.
-- Not installed at all (running from a checkout on `PYTHONPATH`): git is asked only when the
-  folder above the package is the top of a git work tree whose `pyproject.toml` is fastdisco's.
+- The .egg-info that setuptools leaves in a source tree is a build by-product, not an install,
+  and an installed copy whose files are not the ones imported does not count.
+- Not installed (running from a checkout on `PYTHONPATH`): git is asked only when the folder
+  above the package holds its own `.git` and a `pyproject.toml` that names fastdisco.
 
 `collect()["install"]` says which case it was; `collect()["git"]` keeps its keys
 (`commit`, `dirty`) for the readers of older records.
@@ -80,9 +82,9 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _is_fastdisco_checkout(root: Path) -> bool:
-    """`root` is the top of a git work tree and its pyproject.toml names this project."""
-    top = _git(root, "rev-parse", "--show-toplevel")
-    if top is None or top.returncode != 0 or not _same(Path(top.stdout.strip()), root):
+    """`root` holds a git work tree (its own .git) and a pyproject.toml that names this project.
+    Decided from the files alone: git is not run in a folder that may be someone else's."""
+    if not (root / ".git").exists():
         return False
     try:
         text = (root / "pyproject.toml").read_text()
@@ -91,60 +93,63 @@ def _is_fastdisco_checkout(root: Path) -> bool:
     return re.search(r'(?m)^name\s*=\s*"fastdisco"\s*$', text) is not None
 
 
+def _direct_url(dist) -> dict | None:
+    try:
+        raw = dist.read_text("direct_url.json")
+        direct = json.loads(raw) if raw else None
+    except (OSError, ValueError):
+        return None
+    return direct if isinstance(direct, dict) else None
+
+
+def _installed_copies():
+    """Installed fastdisco distributions (.dist-info, which carry METADATA). The .egg-info folder
+    that setuptools leaves in a source tree is a build by-product, not an install: skipped."""
+    for dist in _md.distributions(name=_DIST):
+        if dist.read_text("METADATA") is not None:
+            yield dist
+
+
 def install_info() -> dict:
     """How the imported fastdisco is installed, with its version and commit.
 
-    Returns {"kind", "version", "commit", "dirty", "url", "path"}; kind is one of
-    "editable", "vcs", "directory" (a local folder, not editable), "archive" (a wheel or sdist
-    given by path or URL), "wheel" (from a package index: no PEP 610 record), "source-tree"
-    (not installed: imported from a checkout) or "unknown". commit / dirty are None where the
-    install does not say.
+    Returns {"kind", "version", "commit", "dirty", "url", "path"} (+ "vcs", "requested_revision"
+    for a VCS install); kind is one of "editable", "vcs", "directory" (a local folder, not
+    editable), "archive" (a wheel or sdist given by path or URL), "wheel" (from a package index:
+    no PEP 610 record), "source-tree" (not installed: imported from a fastdisco checkout) or
+    "unknown". commit / dirty are None where the install does not record them.
     """
-    info: dict = {"kind": "unknown", "version": None, "commit": None, "dirty": None, "url": None,
-                  "path": str(_PACKAGE_DIR)}
-    try:
-        dist = _md.distribution(_DIST)
-    except _md.PackageNotFoundError:
-        dist = None
-
-    if dist is not None:
-        info["version"] = dist.version
-        raw = dist.read_text("direct_url.json")
-        try:
-            direct = json.loads(raw) if raw else None
-        except ValueError:
-            direct = None
-        if isinstance(direct, dict):
-            url = direct.get("url")
-            info["url"] = url
-            dir_info = direct.get("dir_info") or {}
-            if "vcs_info" in direct:
-                vcs = direct["vcs_info"] or {}
-                info.update(kind="vcs", commit=vcs.get("commit_id"), dirty=False,
-                            vcs=vcs.get("vcs"), requested_revision=vcs.get("requested_revision"))
+    for dist in _installed_copies():
+        direct = _direct_url(dist)
+        info: dict = {"kind": "unknown", "version": dist.version, "commit": None, "dirty": None,
+                      "url": (direct or {}).get("url"), "path": str(_PACKAGE_DIR)}
+        if direct is not None and (direct.get("dir_info") or {}).get("editable"):
+            src = _file_url_path(direct.get("url") or "")
+            if src is not None and _same(_PACKAGE_DIR.parent, src):  # this code is the editable tree
+                info.update(kind="editable", path=str(src), **_git_tree(src))
                 return info
-            if "archive_info" in direct:
-                info["kind"] = "archive"
-                return info
-            if "dir_info" in direct:
-                src = _file_url_path(url or "")
-                if dir_info.get("editable") and src is not None:
-                    if _same(_PACKAGE_DIR.parent, src):  # the code imported is the editable tree
-                        info.update(kind="editable", path=str(src), **_git_tree(src))
-                        return info
-                    # an editable install exists, but this code was imported from elsewhere
-                elif _same(_PACKAGE_DIR, Path(dist.locate_file(_DIST))):
-                    info["kind"] = "directory"
-                    return info
-        elif _same(_PACKAGE_DIR, Path(dist.locate_file(_DIST))):
+            continue  # an editable install of another tree: not the code running here
+        if not _same(_PACKAGE_DIR, Path(dist.locate_file(_DIST))):
+            continue  # that copy's files are not the ones imported
+        if direct is None:
             info["kind"] = "wheel"
-            return info
+        elif "vcs_info" in direct:
+            vcs = direct["vcs_info"] or {}
+            info.update(kind="vcs", commit=vcs.get("commit_id"), dirty=False, vcs=vcs.get("vcs"),
+                        requested_revision=vcs.get("requested_revision"))
+        elif "archive_info" in direct:
+            info["kind"] = "archive"
+        elif "dir_info" in direct:
+            info["kind"] = "directory"
+        return info
 
-    # Not (this copy) installed: a checkout on sys.path. Ask git only in fastdisco's own tree.
+    # Not installed (this copy): imported from a folder on sys.path. Git is asked only when that
+    # folder is the top of a fastdisco checkout, never in whatever repository happens to hold it.
     root = _PACKAGE_DIR.parent
-    info.update(kind="source-tree", path=str(root), url=None, version=_source_version())
+    info = {"kind": "unknown", "version": _source_version(), "commit": None, "dirty": None, "url": None,
+            "path": str(root)}
     if _is_fastdisco_checkout(root):
-        info.update(_git_tree(root))
+        info.update(kind="source-tree", **_git_tree(root))
     return info
 
 
