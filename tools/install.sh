@@ -30,8 +30,10 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade "pip>=24" "setuptools>=77" wheel
-echo "[install] torch, timm, triton, DALI, fastdisco (editable) ..."
-$PIP install -q -c tools/constraints.txt "torch==2.13.0" -e ".[dali,dev]"
+echo "[install] torch, timm, triton, DALI, numba, matplotlib, fastdisco (editable) ..."
+# Every extra the test suite and the benchmarks use: dali (CUDA 13 build; see pyproject.toml for
+# CUDA 12), cpu-augment (numba), bench (matplotlib), onnx, dev (pytest, webdataset).
+$PIP install -q -c tools/constraints.txt "torch==2.13.0" -e ".[dali,cpu-augment,bench,onnx,dev]"
 
 if ! "$VENV/bin/python" -c "import ffcv" 2>/dev/null; then
   echo "[install] building ffcv 1.0.2 from source ..."
