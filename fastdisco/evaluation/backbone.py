@@ -101,8 +101,9 @@ def infer_num_classes(name: str, state_dict: dict) -> int:
     return 0
 
 
-def build_timm(name: str, state_dict: dict, num_classes: int | None = None):
-    """timm.create_model(name) with the state dict loaded strictly; errors list the keys."""
+def build_timm(name: str, state_dict: dict, num_classes: int | None = None, stem: str = "default"):
+    """timm.create_model(name) (stem per fastdisco.models.set_stem) with the state dict loaded
+    strictly; errors list the keys."""
     import timm
 
     if num_classes is None:
@@ -111,6 +112,9 @@ def build_timm(name: str, state_dict: dict, num_classes: int | None = None):
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     except RuntimeError as e:  # timm: "Unknown model (...)"
         raise FastdiscoError(f"cannot build timm model '{name}': {str(e).splitlines()[0]}") from None
+    from fastdisco.models import set_stem
+
+    set_stem(model, stem or "default", f"timm model '{name}'")
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -194,13 +198,14 @@ def _sniff(p: Path) -> str:
 def _load_fastdisco(p: Path, model: str | None) -> LoadedBackbone:
     ckpt = load_checkpoint(p)
     name = model or ckpt["student_name"]
-    module = build_timm(name, backbone_state_dict(ckpt["student"]))
     cfg = ckpt.get("config") or {}
+    stem = (cfg.get("model") or {}).get("stem", "default")
+    module = build_timm(name, backbone_state_dict(ckpt["student"]), stem=stem)
     run = run_dir_of(p)
     meta = {"step": ckpt.get("step"), "epoch": ckpt.get("epoch"),
             "method": (cfg.get("method") or {}).get("name"),
             "resolution": (cfg.get("data") or {}).get("resolution"),
-            "teacher": (cfg.get("model") or {}).get("teacher"), "config": cfg}
+            "teacher": (cfg.get("model") or {}).get("teacher"), "stem": stem, "config": cfg}
     return LoadedBackbone(module, name, int(getattr(module, "num_classes", 0)), str(p), "fastdisco",
                           str(run) if run else None, meta)
 
