@@ -33,6 +33,24 @@ from fastdisco.models import build_student, repair_bn_stats
 from fastdisco.optim import build_optimizer, cosine_schedule, scaled_lr, supports_found_inf
 
 
+
+def build_models(cfg, method_cls, teacher=None, device="cpu", mem=torch.contiguous_format):
+    """(student, teacher, method), seeded by train.seed. The student is built first, right after
+    seeding, so that arms with the same seed (MoCo v2 alone, DisCo from any teacher) start from
+    identical student weights: building / loading a teacher draws from the RNG. The queue and key
+    encoder (build_method) are re-seeded after the teacher for the same reason."""
+    torch.manual_seed(cfg.train.seed)
+    student = build_student(cfg.model, cfg.method.name).to(device, memory_format=mem)
+    if teacher is None and method_cls.needs_teacher:
+        from fastdisco.teacher import load_teacher
+
+        teacher = load_teacher(cfg.model, output=method_cls.teacher_output)
+    if teacher is not None:
+        teacher = teacher.to(device, memory_format=mem)
+    torch.manual_seed(cfg.train.seed + 1)
+    method = build_method(cfg, student, teacher).to(device)
+    return student, teacher, method
+
 def _setup_determinism(cfg) -> None:
     if cfg.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -101,15 +119,7 @@ def _train(cfg, dist, loader, teacher, owned: contextlib.ExitStack) -> dict:
     global_batch = cfg.data.batch_size * world * accum
 
     # ---- models (same seed on every rank: identical init and queue; then per-rank RNG)
-    torch.manual_seed(tc.seed)
-    if teacher is None and method_cls.needs_teacher:
-        from fastdisco.teacher import load_teacher
-
-        teacher = load_teacher(cfg.model, output=method_cls.teacher_output)
-    if teacher is not None:
-        teacher = teacher.to(device, memory_format=mem)
-    student = build_student(cfg.model, cfg.method.name).to(device, memory_format=mem)
-    method = build_method(cfg, student, teacher).to(device)
+    student, teacher, method = build_models(cfg, method_cls, teacher, device, mem)
     method.train()
     torch.manual_seed(tc.seed + rank)
 
