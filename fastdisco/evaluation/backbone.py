@@ -17,7 +17,7 @@ import torch
 from fastdisco.errors import FastdiscoError
 
 CKPT_FORMAT = "fastdisco-ckpt-v1"
-FORMATS = ("auto", "fastdisco", "safetensors", "timm", "teacher")
+FORMATS = ("auto", "fastdisco", "safetensors", "timm", "teacher", "raw_pixels", "random_init")
 
 
 @dataclass
@@ -164,16 +164,21 @@ def _load_plain_state(p: Path) -> dict:
 
 
 def load_backbone(source: str | Path, *, model: str | None = None, fmt: str = "auto",
-                  teacher_format: str = "auto", device=None) -> LoadedBackbone:
+                  teacher_format: str = "auto", device=None, seed: int = 0, stem: str = "default") -> LoadedBackbone:
     """Load what `fastdisco eval` evaluates.
 
     source: a fastdisco checkpoint or run directory, an exported `.safetensors` (model name from
       its sidecar JSON or `model`), a plain timm state dict file (`model` required), or -- with
       fmt="teacher" -- any checkpoint `fastdisco.teacher.load_teacher` reads (`model` required).
+      fmt="raw_pixels" / "random_init" (baselines, fastdisco.evaluation.baselines): `source` is
+      the directory the results go to (its eval/); random_init needs `model` (+ `seed`, `stem`)
+      and its BN statistics must be recalibrated by the caller (the eval CLI does it).
     """
     if fmt not in FORMATS:
         raise FastdiscoError(f"unknown checkpoint format '{fmt}' (known: {', '.join(FORMATS)})")
-    if fmt == "teacher":
+    if fmt in ("raw_pixels", "random_init"):
+        lb = _load_baseline(source, model, fmt, seed, stem)
+    elif fmt == "teacher":
         lb = _load_teacher(source, model, teacher_format)
     else:
         p = resolve_checkpoint(source)
@@ -223,6 +228,20 @@ def _load_plain(p: Path, model: str | None, fmt: str) -> LoadedBackbone:
         raise FastdiscoError(f"which timm model is {p}? pass --model NAME (no sidecar {side.name} found)")
     module = build_timm(name, _load_plain_state(p), meta.get("num_classes"))
     return LoadedBackbone(module, name, int(getattr(module, "num_classes", 0)), str(p), fmt, None, meta)
+
+
+def _load_baseline(source, model: str | None, fmt: str, seed: int, stem: str) -> LoadedBackbone:
+    from fastdisco.evaluation.baselines import RawPixels, random_init_backbone
+
+    if fmt == "raw_pixels":
+        return LoadedBackbone(RawPixels(), "raw_pixels", 0, str(source), fmt, str(source),
+                              {"features": "eval-transformed, normalised pixels, flattened"})
+    if not model:
+        raise FastdiscoError("--format random_init needs --model NAME (a timm architecture)")
+    module = _frozen(random_init_backbone(model, seed, stem))
+    return LoadedBackbone(module, model, 0, str(source), fmt, str(source),
+                          {"features": "random init (timm, seeded), BN statistics recalibrated on --train",
+                           "seed": seed, "stem": stem})
 
 
 def _load_teacher(source, model: str | None, teacher_format: str) -> LoadedBackbone:

@@ -30,8 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="no --val: hold out a seeded class-balanced fraction F of --train as val (knn, semi, linear --fast)")
     p.add_argument("--out", metavar="FILE.json", help="result file (default RUN/eval/<protocol>.json)")
     g = p.add_argument_group("model")
-    g.add_argument("--format", default="auto", choices=("auto", "fastdisco", "safetensors", "timm", "teacher"),
-                   help="what CKPT is (auto: by suffix / checkpoint format)")
+    g.add_argument("--format", default="auto",
+                   choices=("auto", "fastdisco", "safetensors", "timm", "teacher", "raw_pixels", "random_init"),
+                   help="what CKPT is (auto: by suffix / checkpoint format). Baselines: raw_pixels (flattened "
+                        "eval-transformed images) and random_init (--model NAME, seeded by --seed, BN statistics "
+                        "recalibrated on --train); CKPT is then the directory whose eval/ gets the result")
+    g.add_argument("--stem", default="default", choices=("default", "small"), help="random_init: model.stem")
     g.add_argument("--model", help="timm name (plain state dicts, teachers, exports without sidecar)")
     g.add_argument("--teacher-format", default="auto", help="--format teacher: fastdisco.teacher format")
     g = p.add_argument_group("data and device")
@@ -144,8 +148,16 @@ def main(args: argparse.Namespace) -> int:
     from fastdisco.evaluation.backbone import load_backbone
 
     device, dtype = pick_device(args)
-    lb = load_backbone(args.ckpt, model=args.model, fmt=args.format, teacher_format=args.teacher_format)
+    lb = load_backbone(args.ckpt, model=args.model, fmt=args.format, teacher_format=args.teacher_format,
+                       seed=args.seed, stem=getattr(args, "stem", "default"))
     lb.module.to(device)
+    if lb.kind == "random_init":
+        if not args.train:
+            raise FastdiscoError("--format random_init needs --train DATA (its BN statistics are recalibrated on it)")
+        from fastdisco.evaluation.baselines import recalibrate_bn
+
+        lb.meta["bn_recalibrated_on"] = recalibrate_bn(
+            lb.module, build_loader(args.train, "eval", args, device, dtype), device=device, amp_dtype=dtype)
     if device.type == "cuda":
         lb.module.to(memory_format=torch.channels_last)
     progress = not args.no_progress
