@@ -421,3 +421,24 @@ def test_cli_random_init_needs_model(prepared, tmp_path, capsys):
     assert cli_main(["eval", "knn", str(tmp_path / "x"), "--format", "random_init", "--train", str(prepared),
                      "--val", str(prepared), *COMMON]) != 0
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_mean_pairwise_cosine_matches_brute_force_and_detects_collapse():
+    from fastdisco.evaluation import mean_pairwise_cosine
+
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0)) * 3
+    z = torch.nn.functional.normalize(x, dim=1)
+    sim = z @ z.T
+    brute = (sim.sum() - sim.diag().sum()) / (50 * 49)
+    assert abs(mean_pairwise_cosine(x) - float(brute)) < 1e-6
+    collapsed = torch.ones(20, 8) + 0.01 * torch.randn(20, 8)
+    assert mean_pairwise_cosine(collapsed) > 0.99 and abs(mean_pairwise_cosine(torch.randn(2000, 64))) < 0.05
+
+
+def test_cli_knn_several_k_in_one_pass(prepared, run_dir, tmp_path):
+    out = tmp_path / "knn.json"
+    assert cli_main(["eval", "knn", str(run_dir), "--train", str(prepared), "--val", str(prepared),
+                     "--k", "1", "5", "--out", str(out), *COMMON]) == 0
+    rec = json.loads(out.read_text())
+    assert set(rec["by_k"]) == {"1", "5"} and rec["by_k"]["1"]["top1"] == 100.0 == rec["top1"]
+    assert rec["settings"]["k"] == 1 and -1.0 <= rec["val_mean_cosine"] <= 1.0

@@ -17,6 +17,7 @@ _API = {
     "balanced_subset": "semi", "read_subset_file": "semi", "semi_eval": "semi",
     "ssld_eval": "ssld",
     "RawPixels": "baselines", "random_init_backbone": "baselines", "recalibrate_bn": "baselines",
+    "mean_pairwise_cosine": "baselines",
 }
 __all__ = sorted(_API)
 

@@ -79,3 +79,16 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, *, device=None, max_batch
     if not seen:
         raise ValueError("BN recalibration: the loader yielded no batches")
     return seen
+
+
+@torch.no_grad()
+def mean_pairwise_cosine(feats: torch.Tensor) -> float:
+    """Mean cosine similarity between the embeddings of DIFFERENT images (i != j): a collapse
+    check (near 1 = every image maps to about the same direction). Exact, O(N d):
+    sum_{i != j} z_i.z_j = |sum_i z_i|^2 - N for unit vectors z_i."""
+    n = feats.shape[0]
+    if n < 2:
+        raise ValueError("mean_pairwise_cosine needs at least 2 embeddings")
+    z = torch.nn.functional.normalize(feats.double(), dim=1)
+    total = z.sum(0).pow(2).sum() - (z * z).sum()
+    return float(total / (n * (n - 1)))

@@ -70,7 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--subset-file", action="append", default=[], metavar="FILE",
                    help="semi: file of train sample indices/keys, one per line (repeatable; replaces --fractions)")
     g = p.add_argument_group("knn")
-    g.add_argument("--k", type=int, default=200)
+    g.add_argument("--k", type=int, nargs="+", default=[200],
+                   help="neighbours; several values share one feature pass (top1/top5 are the first k's, "
+                        "by_k holds all)")
     g.add_argument("--temperature", type=float, default=0.07)
     g = p.add_argument_group("ssld")
     g.add_argument("--teacher", help="teacher timm name (default: the run's model.teacher)")
@@ -250,9 +252,15 @@ def _cached(args, lb, device, dtype, progress) -> dict:
     (xt, yt, it), (xv, yv, _) = _train_val_features(args, lb, device, dtype, progress)
     C = max(_num_classes(args, lb), int(yt.max()) + 1, int(yv.max()) + 1)
     if args.protocol == "knn":
+        from fastdisco.evaluation.baselines import mean_pairwise_cosine
         from fastdisco.evaluation.knn import knn_eval
 
-        return knn_eval(xt, yt, xv, yv, k=args.k, temperature=args.temperature, num_classes=C)
+        ks = args.k if isinstance(args.k, (list, tuple)) else [args.k]
+        by_k = {str(k): knn_eval(xt, yt, xv, yv, k=k, temperature=args.temperature, num_classes=C) for k in ks}
+        res = dict(by_k[str(ks[0])])
+        res["by_k"] = {k: {"top1": r["top1"], "top5": r["top5"]} for k, r in by_k.items()}
+        res["val_mean_cosine"] = mean_pairwise_cosine(xv)  # collapse check: between different val images
+        return res
     return _semi(args, xt, yt, it, xv, yv, C, progress)
 
 
