@@ -80,22 +80,17 @@ class StepSetup:
 def build_setup(cfg: Config, device: torch.device, teacher: nn.Module | None = None) -> StepSetup:
     """Student, teacher, method and optimizer exactly as fastdisco.engine.trainer.Trainer builds them
     (same seeding order). `teacher` defaults to `random_teacher` when the method needs one."""
-    from fastdisco.models.methods import METHODS, build_method
-    from fastdisco.models.student import build_student
+    from fastdisco.models.methods import METHODS
     from fastdisco.engine.optim import build_optimizer, scaled_lr, supports_found_inf
-    from fastdisco.engine.trainer import setup_determinism
+    from fastdisco.engine.trainer import build_models, setup_determinism
 
     setup_determinism(cfg.train.deterministic)
     cls = METHODS[cfg.method.name]
     amp_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
     mem = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    torch.manual_seed(cfg.train.seed)
     if teacher is None and cls.needs_teacher:
         teacher = random_teacher(cfg.model, cls.teacher_output)
-    if teacher is not None:
-        teacher = teacher.to(device, memory_format=mem)
-    student = build_student(cfg.model, cfg.method.name).to(device, memory_format=mem)
-    method = build_method(cfg, student, teacher).to(device)
+    student, teacher, method = build_models(cfg, cls, teacher, device, mem)
     method.train()
     torch.manual_seed(cfg.train.seed)  # the Trainer: seed + rank, rank 0 here
     optimizer = build_optimizer(cfg.optim, student, device, scaled_lr(cfg.optim, cfg.data.batch_size))

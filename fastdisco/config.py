@@ -49,9 +49,13 @@ class ModelConfig:
     num_classes: int = 1000             # ssld / supervised only: the student's logits, must match the teacher's
     proj_hidden: int = 2048             # DisCo's bottleneck fix; 512/1280 for MoCo v2 baselines
     proj_dim: int = 128
+    # "small": 3x3 stride-1 first conv and no max-pool (timm ResNet family incl. resnet10t's deep
+    # stem; other models are an error), for 32-64 px images; "default": timm's ImageNet stem
+    stem: Literal["default", "small"] = "default"
     teacher: str = ""                   # timm model name of the teacher ("" = none)
     teacher_ckpt: str = ""              # local checkpoint file (never downloaded)
     teacher_format: Literal["auto", "timm", "mocov2", "swav", "byol", "dino", "fastdisco", "safetensors"] = "auto"
+    teacher_stem: Literal["", "default", "small"] = ""  # "" = the stem a fastdisco checkpoint records (else default)
     teacher_bn: Literal["train", "eval"] = "train"  # official DisCo and SSLD: train mode
     teacher_proj_hidden: int = 2048     # teacher's MoCo v2 head 2048-2048-128; checked against the file (0 = accept any)
     teacher_mean: tuple[float, ...] = ()  # teacher's input mean; () = ImageNet for SSL formats, timm's cfg for timm weights
@@ -72,10 +76,12 @@ class MethodConfig:
     queue_size: int = 65536             # MoCo negatives queue length K (keys of dim model.proj_dim)
     momentum: float = 0.999             # key encoder EMA, applied once per optimizer step
     distill_weight: float = 1.0         # DisCo: weight of each view's distillation term
-    # "mean": batch-mean (2 - 2 cos) per view. "sum": the official DisCo code's MSELoss(sum) over
-    # its per-GPU batch of 32, reproduced as exactly 32 x the batch mean whatever our per-device
-    # batch is (fastdisco.models.methods.OFFICIAL_DISCO_PER_GPU_BATCH); see docs/recipes.md.
-    distill_reduction: Literal["mean", "sum"] = "mean"
+    # DisCo's distillation weight per view. "sum" (default, the official DisCo weight): the official
+    # code's MSELoss(reduction='sum') over its per-GPU batch of 32 (loss = ce + mse_q + mse_k),
+    # reproduced as exactly 32 x the batch-mean (2 - 2 cos) whatever our per-device batch is
+    # (fastdisco.models.methods.OFFICIAL_DISCO_PER_GPU_BATCH). "mean": the batch mean, 1/32 of the official
+    # weight. Only method.name=disco reads it.
+    distill_reduction: Literal["mean", "sum"] = "sum"
     ssld_loss: Literal["symkl", "soft_ce"] = "symkl"  # SSLD: symmetric KL or soft-label CE
     kl_temperature: float = 1.0         # SSLD softmax temperature (paper: 1)
     loss_impl: Literal["auto", "torch", "triton"] = "auto"  # fastdisco.kernels dispatch

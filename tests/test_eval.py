@@ -370,3 +370,76 @@ def test_cli_semi_and_ssld_end_to_end(prepared, tmp_path):
     rec = json.loads((run / "eval" / "ssld.json").read_text())
     assert rec["agreement_top1"] == 100.0 and rec["num_samples"] == 24 and rec["num_labelled"] == 24
     assert 0.0 <= rec["top1"] <= 100.0
+
+
+# --------------------------------------------------------------------------- baselines (issue 14)
+def test_raw_pixels_features_are_the_flattened_images():
+    from fastdisco.evaluation import RawPixels
+
+    batches = _image_batches(24, seed=0, batch=8)
+    f, y = extract_features(RawPixels(), batches, device="cpu")
+    torch.testing.assert_close(f, torch.cat([b.views[0] for b in batches]).flatten(1))
+    # the colour-coded images are separable by their pixels: a raw-pixel kNN gets them all
+    fv, yv = extract_features(RawPixels(), _image_batches(24, seed=1, batch=8), device="cpu")
+    assert knn_eval(f, y, fv, yv, k=5)["top1"] == 100.0
+
+
+def test_random_init_is_seeded_and_bn_recalibration_estimates_the_data_statistics():
+    from fastdisco.evaluation import random_init_backbone, recalibrate_bn
+
+    state = torch.random.get_rng_state()
+    a, b, c = (random_init_backbone("test_resnet", seed=s) for s in (3, 3, 4))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    wa, wb, wc = (m.state_dict()["conv1.0.weight"] for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    # recalibrated running mean/var of the first BN = the exact mean/var of its inputs over all data
+    batches = _image_batches(32, seed=0, batch=8)
+    seen = recalibrate_bn(a, batches, device="cpu")
+    assert seen == 32 and not a.training
+    x = torch.cat([bt.views[0] for bt in batches])
+    with torch.no_grad():
+        h = a.conv1[0](x)
+    bn = a.conv1[1]
+    per_batch = h.view(4, 8, *h.shape[1:])
+    torch.testing.assert_close(bn.running_mean, h.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    want_var = torch.stack([p.var((0, 2, 3), unbiased=True) for p in per_batch]).mean(0)
+    torch.testing.assert_close(bn.running_var, want_var, atol=1e-5, rtol=1e-4)
+    assert bn.momentum == 0.1  # restored
+
+
+def test_cli_baselines_end_to_end(prepared, tmp_path):
+    out = tmp_path / "baselines"
+    assert cli_main(["eval", "knn", str(out / "raw"), "--format", "raw_pixels", "--train", str(prepared),
+                     "--val", str(prepared), "--k", "1", *COMMON]) == 0
+    rec = json.loads((out / "raw" / "eval" / "knn.json").read_text())
+    assert rec["top1"] == 100.0 and rec["settings"]["feature_dim"] == 3 * 24 * 24
+    assert cli_main(["eval", "knn", str(out / "rand"), "--format", "random_init", "--model", "test_resnet",
+                     "--train", str(prepared), "--val", str(prepared), "--k", "1", *COMMON]) == 0
+    rec = json.loads((out / "rand" / "eval" / "knn.json").read_text())
+    assert rec["model"]["kind"] == "random_init" and rec["model"]["bn_recalibrated_on"] == 24
+
+def test_cli_random_init_needs_model(prepared, tmp_path, capsys):
+    assert cli_main(["eval", "knn", str(tmp_path / "x"), "--format", "random_init", "--train", str(prepared),
+                     "--val", str(prepared), *COMMON]) != 0
+    assert "needs --model" in capsys.readouterr().err
+
+
+def test_mean_pairwise_cosine_matches_brute_force_and_detects_collapse():
+    from fastdisco.evaluation import mean_pairwise_cosine
+
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0)) * 3
+    z = torch.nn.functional.normalize(x, dim=1)
+    sim = z @ z.T
+    brute = (sim.sum() - sim.diag().sum()) / (50 * 49)
+    assert abs(mean_pairwise_cosine(x) - float(brute)) < 1e-6
+    collapsed = torch.ones(20, 8) + 0.01 * torch.randn(20, 8)
+    assert mean_pairwise_cosine(collapsed) > 0.99 and abs(mean_pairwise_cosine(torch.randn(2000, 64))) < 0.05
+
+
+def test_cli_knn_several_k_in_one_pass(prepared, run_dir, tmp_path):
+    out = tmp_path / "knn.json"
+    assert cli_main(["eval", "knn", str(run_dir), "--train", str(prepared), "--val", str(prepared),
+                     "--k", "1", "5", "--out", str(out), *COMMON]) == 0
+    rec = json.loads(out.read_text())
+    assert set(rec["by_k"]) == {"1", "5"} and rec["by_k"]["1"]["top1"] == 100.0 == rec["top1"]
+    assert rec["settings"]["k"] == 1 and -1.0 <= rec["val_mean_cosine"] <= 1.0

@@ -86,3 +86,60 @@ def test_queue_ring_buffer():
     assert int(qu.ptr) == 1
     qu.enqueue(torch.full((1, 2), float("nan")))  # a skipped non-finite step: zeros, not NaN
     assert torch.isfinite(qu.keys).all()
+
+
+# --------------------------------------------------------------------------- model.stem: small
+@pytest.mark.parametrize("name", ["resnet18", "resnet10t"])
+def test_small_stem_keeps_resolution(name):
+    """32 px in: the ImageNet stem gives a 1x1 final map, the small stem 4x4 (3x3/1 conv, no pool)."""
+    from fastdisco.models.student import set_stem
+    import timm
+
+    x = torch.randn(2, 3, 32, 32)
+    default = timm.create_model(name, pretrained=False, num_classes=0)
+    assert default.forward_features(x).shape[-1] == 1
+    s = Student(name, head_hidden=16, head_dim=8, stem="small")
+    first = s.backbone.conv1[0] if isinstance(s.backbone.conv1, nn.Sequential) else s.backbone.conv1
+    assert first.kernel_size == (3, 3) and first.stride == (1, 1)
+    assert isinstance(s.backbone.maxpool, nn.Identity)
+    assert s.backbone.forward_features(x).shape[-1] == 4
+    assert s(x).shape == (2, 8)
+    # "default" leaves the model as timm builds it
+    assert set_stem(default, "default") is default and isinstance(default.maxpool, nn.MaxPool2d)
+
+
+def test_small_stem_config_and_errors():
+    from fastdisco.errors import FastdiscoError
+
+    s = build_student(ModelConfig(student="test_resnet", stem="small", proj_hidden=8, proj_dim=4), "mocov2")
+    assert isinstance(s.backbone.maxpool, nn.Identity)
+    with pytest.raises(FastdiscoError, match="only converts timm ResNet-family"):
+        Student("test_efficientnet", head_hidden=8, head_dim=4, stem="small")
+    with pytest.raises(FastdiscoError, match="unknown stem"):
+        Student("test_resnet", head_hidden=8, head_dim=4, stem="tiny")
+
+
+def test_small_stem_round_trips_through_teacher_and_eval(tmp_path):
+    """A small-stem run's checkpoint loads as a teacher and as an eval backbone with the stem it
+    was trained with (read from the checkpoint's config), and a contradicting teacher_stem errors."""
+    from fastdisco.config import Config, to_dict
+    from fastdisco.errors import FastdiscoError
+    from fastdisco.evaluation.backbone import load_backbone
+    from fastdisco.models.teacher import load_teacher
+
+    cfg = Config()
+    cfg.model.student, cfg.model.stem, cfg.model.proj_hidden, cfg.model.proj_dim = "resnet18", "small", 16, 8
+    s = build_student(cfg.model, "mocov2").eval()
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir()
+    torch.save({"format": "fastdisco-ckpt-v1", "student_name": "resnet18", "student": s.state_dict(),
+                "config": to_dict(cfg), "step": 1, "epoch": 0}, ckpt)
+    x = torch.randn(2, 3, 32, 32)
+    t = load_teacher(ModelConfig(teacher="resnet18", teacher_ckpt=str(ckpt), teacher_format="fastdisco",
+                                 teacher_bn="eval", teacher_proj_hidden=16))
+    torch.testing.assert_close(t(x), s(x))
+    lb = load_backbone(tmp_path)
+    torch.testing.assert_close(lb.module(x), s.backbone(x))
+    with pytest.raises(FastdiscoError, match="teacher_stem is 'default'"):
+        load_teacher(ModelConfig(teacher="resnet18", teacher_ckpt=str(ckpt), teacher_format="fastdisco",
+                                 teacher_stem="default", teacher_proj_hidden=16))

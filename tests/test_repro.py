@@ -18,14 +18,16 @@ def test_tiny_sweep_writes_rows_and_resumes(tmp_path, monkeypatch):
     import run_fmnist
 
     monkeypatch.chdir(ROOT)  # the recorded commands are relative to the repository root
-    argv = ["--scale", "tiny", "--seeds", "0", "--arms", "mocov2", "--evals", "knn", "--inprocess",
+    argv = ["--scale", "tiny", "--seeds", "0", "--arms", "mocov2", "raw_pixels", "--evals", "knn", "--inprocess",
             "--data-dir", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
             "--results-dir", str(tmp_path / "res"), "--name", "smoke"]
     assert run_fmnist.main(argv) == 0
     rows = [json.loads(x) for x in (tmp_path / "res" / "smoke.jsonl").read_text().splitlines()]
-    assert len(rows) == 1
-    r = rows[0]
-    for key in ("experiment", "arm", "seed", "scale", "metrics", "train_wall_s", "images_per_s", "command",
+    assert [(r["arm"], r["role"]) for r in rows] == [("raw_pixels", "raw_pixels"), ("mocov2", "student_alone")]
+    base, r = rows
+    assert base["metrics"]["knn_top1"] is not None and "--format raw_pixels" in base["command"]["eval"]["knn"]
+    assert set(r["metrics"]) >= {"knn_top1", "knn_top1_k10", "knn_top1_k20", "val_mean_cosine"}
+    for key in ("experiment", "role", "arm", "seed", "scale", "metrics", "train_wall_s", "images_per_s", "command",
                 "steps", "train_images", "test_images", "resolution", "note", "provenance"):
         assert key in r, key
     assert (r["experiment"], r["arm"], r["seed"], r["scale"]) == ("disco", "mocov2", 0, "tiny")
@@ -38,4 +40,4 @@ def test_tiny_sweep_writes_rows_and_resumes(tmp_path, monkeypatch):
     assert ev["top1"] == r["metrics"]["knn_top1"]
     # resumable: a second call skips the run and appends nothing
     assert run_fmnist.main(argv) == 0
-    assert len((tmp_path / "res" / "smoke.jsonl").read_text().splitlines()) == 1
+    assert len((tmp_path / "res" / "smoke.jsonl").read_text().splitlines()) == 2

@@ -123,3 +123,34 @@ def test_real_prepared_data_run_directory(tmp_path):
     assert state["format"] == "fastdisco-ckpt-v1" and state["step"] == 5 and state["student_name"] == "test_resnet"
     assert all(k.startswith(("backbone.", "head.")) for k in state["student"])
     assert state["loader"] == {"epoch": 1, "batch": 1}  # 32 samples / 8 = 4 batches per epoch; 5 consumed
+
+
+def test_same_seed_same_student_init_with_or_without_teacher(tmp_path):
+    """MoCo v2 alone and DisCo with the same train.seed start from identical student weights and
+    queue: loading the teacher (which draws from the RNG) happens after the student is built."""
+    import timm
+
+    from fastdisco.config import Config
+    from fastdisco.models.methods import METHODS
+    from fastdisco.engine.trainer import build_models
+
+    torch.manual_seed(5)
+    tpath = tmp_path / "teacher.pt"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=0).state_dict(), tpath)
+
+    def make(method):
+        cfg = Config()
+        cfg.model.student, cfg.model.proj_hidden, cfg.model.proj_dim = "test_resnet", 16, 8
+        cfg.method.name, cfg.method.queue_size, cfg.train.seed = method, 32, 7
+        if method == "disco":
+            cfg.model.teacher, cfg.model.teacher_ckpt, cfg.model.teacher_format = "test_resnet", str(tpath), "timm"
+        return build_models(cfg, METHODS[method])
+
+    (s_moco, t_moco, m_moco), (s_disco, t_disco, m_disco) = make("mocov2"), make("disco")
+    assert t_moco is None and t_disco is not None
+    a, b = s_moco.state_dict(), s_disco.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    torch.testing.assert_close(m_moco.queue.keys, m_disco.queue.keys, rtol=0, atol=0)
+    assert Config().method.distill_reduction == "sum"  # the official DisCo weight by default

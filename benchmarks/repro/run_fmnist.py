@@ -1,18 +1,27 @@
-"""Issue 8: a small-scale reproduction of DisCo's and SSLD's claims on Fashion-MNIST, run through
-the `fastdisco` CLI (every row records the exact commands that made it).
+"""Issues 8 and 14: a small-scale reproduction of DisCo's and SSLD's claims on Fashion-MNIST, run
+through the `fastdisco` CLI (every row records the exact commands that made it).
 
-    nice python benchmarks/repro/run_fmnist.py --scale cpu --seeds 0 1 2
+    nice python benchmarks/repro/run_fmnist.py --scale cpu64 --seeds 0 1 2
 
-Experiments (arms; student resnet10t unless said otherwise):
-  teacher  mocov2_teacher   resnet18 MoCo v2, longer than the students (seed 0 only)
-           supervised_teacher  resnet18 cross-entropy on the labels (seed 0 only)
-  disco    mocov2           MoCo v2 alone (head hidden 512, the paper's small-student baseline width)
-           disco_h2048      DisCo from mocov2_teacher, head hidden 2048 (the bottleneck fix)
-           disco_h512       DisCo from mocov2_teacher, head hidden 512
-  ssld     ssld_symkl       symmetric KL to supervised_teacher on the train images, labels unused
-           labels_only      cross-entropy on the labels (same student, same length)
-SSL arms are scored by kNN and a fast linear probe (cached features) on the test split; the
-classifier arms by `fastdisco eval ssld` (top-1, agreement with the supervised teacher).
+Design (issue 14; student resnet10t, teacher resnet18; every row has `experiment`, `role`, `arm`):
+  disco (SSL at the scale's ssl_res, kNN bank = the train subset, full 10k test split)
+    raw_pixels / random_init   baselines: flattened pixels; random resnet10t, BN recalibrated
+    mocov2_teacher      teacher: resnet18 MoCo v2, longer than the students (seed 0 only, reused)
+    supervised_teacher  teacher: resnet18 trained with labels (positive control, seed 0 only)
+    mocov2              student alone: MoCo v2 (head hidden 512, the paper's small-student width)
+    disco_h512 / disco_h2048   DisCo from mocov2_teacher's final (head) embedding, head hidden 512 / 2048
+    disco_sup           DisCo from supervised_teacher's pooled 512-d embedding (proj_dim 512, hidden 2048)
+  ssld (classifiers at the scale's cls_res; L = the first 10% of the train subset, U = the rest)
+    raw_pixels / random_init   baselines, probed with L's labels only
+    supervised_teacher_L  teacher: resnet18 trained with labels on L (seed 0 only)
+    labels_only_L       student: cross-entropy on L
+    ssld_L              student: symmetric KL to the teacher on L, labels unused
+    ssld_LU             student: symmetric KL on L + U (the whole train subset), labels unused
+  All students of one experiment run the same number of optimizer steps; arms with the same seed
+  start from identical student weights (fastdisco.engine.trainer.build_models).
+SSL arms and baselines: weighted kNN (k=20 and k=200, one feature pass) and a fast linear probe;
+classifier arms: `fastdisco eval ssld` (their own top-1, stored as linear_top1). Teachers of the
+disco experiment also get the collapse check of their final embedding (teacher_gate.json).
 
 Resumable: a run whose row is already in the results file is skipped; an interrupted training
 resumes from its checkpoint (the engine does that for the same out_dir), finished evals are kept.
@@ -36,45 +45,72 @@ from results_io import append_rows, read_rows  # noqa: E402
 
 STUDENT, TEACHER = "resnet10t", "resnet18"
 
-# Lengths per scale. "cpu" is sized for ~40 min on a shared 2-core CPU (issue 8's budget);
-# "tiny" is the smoke test's (a few steps on a few images; numbers meaningless).
+# Lengths per scale. "cpu64" is issue 14's design (~2-3 h on a shared 2-core CPU for 3 seeds);
+# "cpu" was issue 8's (32 px, a MoCo teacher that fails the gate); "tiny" is the smoke test's.
 SCALES: dict[str, dict] = {
-    "tiny": {"train_limit": 64, "test_limit": 32, "teacher_len": "max_steps=3", "student_len": "max_steps=2",
-             "batch_size": 16, "shuffle_bn_group": 8, "queue_size": 64, "linear_epochs": 5, "knn_k": 10},
-    "cpu": {"train_limit": 10000, "test_limit": 2000, "teacher_len": "epochs=4", "student_len": "epochs=2",
-            "batch_size": 64, "shuffle_bn_group": 16, "queue_size": 4096, "linear_epochs": 100, "knn_k": 200},
-    "gpu": {"train_limit": 60000, "test_limit": 10000, "teacher_len": "epochs=100", "student_len": "epochs=30",
-            "batch_size": 256, "shuffle_bn_group": 32, "queue_size": 16384, "linear_epochs": 100, "knn_k": 200},
+    "tiny": {"train_limit": 64, "test_limit": 32, "L_limit": 32, "ssl_res": 32, "cls_res": 32,
+             "len": {"teacher": "max_steps=3", "sup_teacher": "max_steps=3", "L_teacher": "max_steps=3",
+                     "student": "max_steps=2", "cls_student": "max_steps=2"},
+             "batch_size": 16, "shuffle_bn_group": 8, "queue_size": 64, "linear_epochs": 5, "knn_k": [10, 20]},
+    "cpu": {"train_limit": 10000, "test_limit": 2000, "L_limit": 1000, "ssl_res": 32, "cls_res": 32,
+            "len": {"teacher": "epochs=4", "sup_teacher": "epochs=4", "L_teacher": "epochs=30",
+                    "student": "epochs=2", "cls_student": "max_steps=312"},
+            "batch_size": 64, "shuffle_bn_group": 16, "queue_size": 4096, "linear_epochs": 100, "knn_k": [200, 20]},
+    "cpu64": {"train_limit": 10000, "test_limit": 10000, "L_limit": 1000, "ssl_res": 64, "cls_res": 32,
+              "len": {"teacher": "epochs=10", "sup_teacher": "epochs=4", "L_teacher": "epochs=30",
+                      "student": "epochs=2", "cls_student": "max_steps=600"},
+              # queue 512: with 10k images a longer queue is mostly stale keys at these lengths
+              "batch_size": 64, "shuffle_bn_group": 16, "queue_size": 512, "linear_epochs": 100, "knn_k": [200, 20]},
+    "gpu": {"train_limit": 60000, "test_limit": 10000, "L_limit": 6000, "ssl_res": 64, "cls_res": 32,
+            "len": {"teacher": "epochs=100", "sup_teacher": "epochs=20", "L_teacher": "epochs=100",
+                    "student": "epochs=30", "cls_student": "epochs=30"},
+            "batch_size": 256, "shuffle_bn_group": 32, "queue_size": 16384, "linear_epochs": 100, "knn_k": [200, 20]},
 }
 
 
 @dataclass
 class Arm:
-    experiment: str
+    experiment: str                  # "disco" | "ssld"
     arm: str
-    recipe: str                      # benchmarks/repro/<recipe>.yaml
+    role: str                        # raw_pixels | random_init | teacher | student_alone | student_distilled
+    recipe: str                      # benchmarks/repro/<recipe>.yaml ("" = no training: a baseline)
     method: str
     model: str
-    length: str                      # "teacher" | "student": which scale length
+    length: str                      # key of the scale's "len"
     sets: list[str] = field(default_factory=list)
     teacher: str | None = None       # arm name of the teacher run this one needs
     evals: tuple[str, ...] = ("knn", "linear")
     seeds: str = "all"               # "all" | "first"
+    res: str = "ssl"                 # "ssl" | "cls": which scale resolution
+    data: str = "train"              # "train" | "L": train subset it trains on / probes with
 
 
 ARMS = [
-    Arm("teacher", "mocov2_teacher", "ssl_cpu", "mocov2", TEACHER, "teacher", ["model.proj_hidden=2048"],
+    # baselines first (no training)
+    Arm("disco", "raw_pixels", "raw_pixels", "", "none", "raw_pixels", "", seeds="first"),
+    Arm("disco", "random_init", "random_init", "", "none", STUDENT, "", seeds="first"),
+    Arm("ssld", "raw_pixels_L", "raw_pixels", "", "none", "raw_pixels", "", seeds="first", res="cls", data="L"),
+    Arm("ssld", "random_init_L", "random_init", "", "none", STUDENT, "", seeds="first", res="cls", data="L"),
+    # teachers (seed 0, reused)
+    Arm("disco", "mocov2_teacher", "teacher", "ssl_cpu", "mocov2", TEACHER, "teacher", ["model.proj_hidden=2048"],
         seeds="first"),
-    Arm("teacher", "supervised_teacher", "cls_cpu", "supervised", TEACHER, "teacher", evals=("ssld",),
-        seeds="first"),
-    Arm("disco", "mocov2", "ssl_cpu", "mocov2", STUDENT, "student", ["model.proj_hidden=512"]),
-    Arm("disco", "disco_h2048", "ssl_cpu", "disco", STUDENT, "student", ["model.proj_hidden=2048"],
-        teacher="mocov2_teacher"),
-    Arm("disco", "disco_h512", "ssl_cpu", "disco", STUDENT, "student", ["model.proj_hidden=512"],
-        teacher="mocov2_teacher"),
-    Arm("ssld", "ssld_symkl", "cls_cpu", "ssld", STUDENT, "student", teacher="supervised_teacher", evals=("ssld",)),
-    Arm("ssld", "labels_only", "cls_cpu", "supervised", STUDENT, "student", teacher="supervised_teacher",
-        evals=("ssld",)),
+    Arm("disco", "supervised_teacher", "teacher", "cls_cpu", "supervised", TEACHER, "sup_teacher", seeds="first"),
+    Arm("ssld", "supervised_teacher_L", "teacher", "cls_cpu", "supervised", TEACHER, "L_teacher", evals=("ssld",),
+        seeds="first", res="cls", data="L"),
+    # students
+    Arm("disco", "mocov2", "student_alone", "ssl_cpu", "mocov2", STUDENT, "student", ["model.proj_hidden=512"]),
+    Arm("disco", "disco_h512", "student_distilled", "ssl_cpu", "disco", STUDENT, "student",
+        ["model.proj_hidden=512"], teacher="mocov2_teacher"),
+    Arm("disco", "disco_h2048", "student_distilled", "ssl_cpu", "disco", STUDENT, "student",
+        ["model.proj_hidden=2048"], teacher="mocov2_teacher"),
+    Arm("disco", "disco_sup", "student_distilled", "ssl_cpu", "disco", STUDENT, "student",
+        ["model.proj_hidden=2048", "model.proj_dim=512"], teacher="supervised_teacher"),
+    Arm("ssld", "labels_only_L", "student_alone", "cls_cpu", "supervised", STUDENT, "cls_student",
+        teacher="supervised_teacher_L", evals=("ssld",), res="cls", data="L"),
+    Arm("ssld", "ssld_L", "student_distilled", "cls_cpu", "ssld", STUDENT, "cls_student",
+        teacher="supervised_teacher_L", evals=("ssld",), res="cls", data="L"),
+    Arm("ssld", "ssld_LU", "student_distilled", "cls_cpu", "ssld", STUDENT, "cls_student",
+        teacher="supervised_teacher_L", evals=("ssld",), res="cls", data="train"),
 ]
 BY_NAME = {a.arm: a for a in ARMS}
 
@@ -121,19 +157,26 @@ def run_dir(args, arm: Arm, seed: int) -> Path:
     return Path(args.runs) / args.scale / arm.arm / f"seed{seed}"
 
 
-def train_args(args, sc: dict, arm: Arm, seed: int, data: Path) -> list[str]:
-    key, val = sc[f"{arm.length}_len"].split("=")
-    sets = [f"data.path={data}", f"model.student={arm.model}", f"method.name={arm.method}",
+def res_of(sc: dict, arm: Arm) -> int:
+    return sc[f"{arm.res}_res"]
+
+
+def train_args(args, sc: dict, arm: Arm, seed: int, data: dict) -> list[str]:
+    key, val = sc["len"][arm.length].split("=")
+    path = data["L"] if arm.data == "L" else data["train"]
+    sets = [f"data.path={path}", f"model.student={arm.model}", f"method.name={arm.method}",
             f"train.seed={seed}", f"data.seed={seed}", f"train.{key}={val}",
             f"data.batch_size={sc['batch_size']}", f"train.out_dir={run_dir(args, arm, seed)}", *arm.sets]
+    if res_of(sc, arm) != 32:
+        sets.append(f"data.resolution={res_of(sc, arm)}")
     if arm.recipe == "ssl_cpu":
         sets += [f"model.shuffle_bn_group={sc['shuffle_bn_group']}", f"method.queue_size={sc['queue_size']}"]
     if arm.teacher and arm.method in ("disco", "ssld"):
         t = BY_NAME[arm.teacher]
         sets += [f"model.teacher={t.model}", f"model.teacher_ckpt={teacher_ckpt(args, t)}",
                  "model.teacher_format=fastdisco"]
-        if arm.method == "disco":
-            sets.append("model.teacher_proj_hidden=2048")
+        if arm.method == "disco":  # MoCo teacher: its 2048-2048-128 head; supervised: pooled features
+            sets.append(f"model.teacher_proj_hidden={2048 if t.method == 'mocov2' else 0}")
     out = ["train", "--config", str((HERE / f"{arm.recipe}.yaml").relative_to(ROOT))]
     for s in sets:
         out += ["--set", s]
@@ -144,16 +187,22 @@ def teacher_ckpt(args, t: Arm) -> Path:
     return run_dir(args, t, args.seeds[0]) / "checkpoints" / "last.pt"
 
 
-def eval_args(args, sc: dict, arm: Arm, seed: int, protocol: str, train: Path, test: Path) -> list[str]:
+def eval_args(args, sc: dict, arm: Arm, seed: int, protocol: str, data: dict) -> list[str]:
     rd = run_dir(args, arm, seed)
-    common = ["--resolution", "32", "--backend", "ffcv", "--num-workers", "1", "--device", "cpu", "--batch-size",
-              "256", "--no-progress", "--seed", str(seed)]
+    train = data["L"] if arm.data == "L" else data["train"]
+    common = ["--resolution", str(res_of(sc, arm)), "--backend", "ffcv", "--num-workers", "1", "--device", "cpu",
+              "--batch-size", "256", "--no-progress", "--seed", str(seed)]
+    if arm.role == "raw_pixels":
+        common += ["--format", "raw_pixels"]
+    elif arm.role == "random_init":
+        common += ["--format", "random_init", "--model", arm.model]
     if protocol == "knn":
-        return ["eval", "knn", str(rd), "--train", str(train), "--val", str(test), "--k", str(sc["knn_k"]), *common]
+        return ["eval", "knn", str(rd), "--train", str(train), "--val", str(data["test"]),
+                "--k", *map(str, sc["knn_k"]), *common]
     if protocol == "linear":
-        return ["eval", "linear", str(rd), "--train", str(train), "--val", str(test), "--fast",
+        return ["eval", "linear", str(rd), "--train", str(train), "--val", str(data["test"]), "--fast",
                 "--epochs", str(sc["linear_epochs"]), *common]
-    out = ["eval", "ssld", str(rd), "--val", str(test), *common]
+    out = ["eval", "ssld", str(rd), "--val", str(data["test"]), *common]
     if arm.teacher and arm.method != "ssld":  # labels-only: agreement with the same teacher
         t = BY_NAME[arm.teacher]
         out += ["--teacher", t.model, "--teacher-ckpt", str(teacher_ckpt(args, t)), "--teacher-format", "fastdisco"]
@@ -162,6 +211,36 @@ def eval_args(args, sc: dict, arm: Arm, seed: int, protocol: str, train: Path, t
 
 def eval_file(rd: Path, protocol: str) -> Path:
     return rd / "eval" / ("linear_fast.json" if protocol == "linear" else f"{protocol}.json")
+
+
+def teacher_gate(args, sc: dict, arm: Arm, data: dict) -> dict:
+    """Collapse check of a teacher's FINAL embedding (what DisCo distills: the projection head's
+    output for a MoCo teacher, the pooled features for a classifier) on the test images: mean cosine
+    between different images, BN in eval mode. Cached in RUN/eval/teacher_gate.json."""
+    rd = run_dir(args, arm, args.seeds[0])
+    out = rd / "eval" / "teacher_gate.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    import torch
+
+    from fastdisco.config import DataConfig, ModelConfig
+    from fastdisco.loader import make_loader
+    from fastdisco.evaluation.baselines import mean_pairwise_cosine
+    from fastdisco.evaluation.features import extract_features
+    from fastdisco.models.teacher import load_teacher
+
+    torch.set_num_threads(2)
+    t = load_teacher(ModelConfig(teacher=arm.model, teacher_ckpt=str(rd / "checkpoints" / "last.pt"),
+                                 teacher_format="fastdisco", teacher_bn="eval", teacher_proj_hidden=0))
+    loader = make_loader(DataConfig(path=str(data["test"]), backend="ffcv", recipe="eval",
+                                    resolution=res_of(sc, arm), batch_size=256, num_workers=1, drop_last=False),
+                         device=torch.device("cpu"), dtype=torch.float32, rank=0, world_size=1)
+    feats, labels = extract_features(t, loader, device="cpu", fn=t)
+    r = {"final_embedding_dim": int(feats.shape[1]), "final_embedding_mean_cosine": mean_pairwise_cosine(feats),
+         "test_images": int(feats.shape[0])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=1))
+    return r
 
 
 def throughput(rd: Path) -> dict:
@@ -179,39 +258,55 @@ def do_arm(args, sc: dict, arm: Arm, seed: int, data: dict, done: set) -> dict |
         print(f"skip {arm.arm} seed {seed}: row exists", flush=True)
         return None
     rd = run_dir(args, arm, seed)
+    rd.mkdir(parents=True, exist_ok=True)
     log = rd.parent / f"seed{seed}.log"
-    targv, tcmd = fastdisco_cmd(train_args(args, sc, arm, seed, data["train"]))
-    prior = json.loads((rd / "repro_train.json").read_text()) if (rd / "repro_train.json").exists() else None
-    if prior is None:
-        print(f"train {arm.arm} seed {seed} ...", flush=True)
-        wall = run_logged(targv, log)
-        prior = {"train_wall_s": round(wall, 1)}
-        (rd / "repro_train.json").write_text(json.dumps(prior))
+    tcmd, prior = None, {"train_wall_s": 0.0}
+    if arm.recipe:
+        targv, tcmd = fastdisco_cmd(train_args(args, sc, arm, seed, data))
+        prior = json.loads((rd / "repro_train.json").read_text()) if (rd / "repro_train.json").exists() else None
+        if prior is None:
+            print(f"train {arm.arm} seed {seed} ...", flush=True)
+            wall = run_logged(targv, log)
+            prior = {"train_wall_s": round(wall, 1)}
+            (rd / "repro_train.json").write_text(json.dumps(prior))
     metrics, ecmds, ewall = {}, {}, 0.0
     for protocol in [e for e in arm.evals if e in args.evals]:
-        eargv, ecmd = fastdisco_cmd(eval_args(args, sc, arm, seed, protocol, data["train"], data["test"]))
+        eargv, ecmd = fastdisco_cmd(eval_args(args, sc, arm, seed, protocol, data))
         f = eval_file(rd, protocol)
         if not f.exists():
             ewall += run_logged(eargv, log)
         r = json.loads(f.read_text())
         ecmds[protocol] = ecmd
-        if protocol == "ssld":
-            metrics.update(top1=r["top1"], top5=r["top5"], agreement_top1=r["agreement_top1"])
+        if protocol == "ssld":  # a classifier: its own top-1 is the linear number
+            metrics.update(linear_top1=r["top1"], top1=r["top1"], top5=r["top5"],
+                           agreement_top1=r["agreement_top1"])
+        elif protocol == "knn":
+            metrics["knn_top1"] = r["top1"]
+            for k, v in (r.get("by_k") or {}).items():
+                metrics[f"knn_top1_k{k}"] = v["top1"]
+            metrics["val_mean_cosine"] = r.get("val_mean_cosine")
         else:
             metrics[f"{protocol}_top1"] = r["top1"]
+    if arm.role == "teacher" and arm.experiment == "disco" and "knn" in args.evals:
+        metrics.update(teacher_gate(args, sc, arm, data))
     tp = throughput(rd)
-    cfg = json.loads(json.dumps(__import__("yaml").safe_load((rd / "config.yaml").read_text())))
-    imgs = tp["steps"] * cfg["data"]["batch_size"]
-    row = {"experiment": arm.experiment, "arm": arm.arm, "seed": seed, "scale": args.scale, "method": arm.method,
-           "student": arm.model, "teacher": BY_NAME[arm.teacher].model if arm.teacher else None,
+    cfg = json.loads(json.dumps(__import__("yaml").safe_load((rd / "config.yaml").read_text()))) \
+        if (rd / "config.yaml").exists() else {}
+    n_train = data["n_L"] if arm.data == "L" else data["n_train"]
+    imgs = tp["steps"] * cfg.get("data", {}).get("batch_size", 0)
+    row = {"experiment": arm.experiment, "role": arm.role, "arm": arm.arm, "seed": seed, "scale": args.scale,
+           "method": arm.method, "student": arm.model,
+           "teacher": BY_NAME[arm.teacher].model if arm.teacher else None, "teacher_arm": arm.teacher,
            "proj_hidden": cfg["model"]["proj_hidden"] if arm.method in ("mocov2", "disco") else None,
+           "proj_dim": cfg["model"]["proj_dim"] if arm.method in ("mocov2", "disco") else None,
            "metrics": metrics, "train_wall_s": prior["train_wall_s"], "eval_wall_s": round(ewall, 1),
-           "images_per_s": tp["images_per_s"], "images_per_s_wall": imgs / prior["train_wall_s"],
-           "steps": tp["steps"], "epochs_seen": imgs / data["n_train"], "final_loss": tp["final_loss"],
-           "resolution": cfg["data"]["resolution"], "train_images": data["n_train"], "test_images": data["n_test"],
+           "images_per_s": tp["images_per_s"],
+           "images_per_s_wall": imgs / prior["train_wall_s"] if prior["train_wall_s"] else None,
+           "steps": tp["steps"], "epochs_seen": imgs / n_train, "final_loss": tp["final_loss"],
+           "resolution": res_of(sc, arm), "train_images": n_train, "test_images": data["n_test"],
            "command": {"prepare": data["commands"], "train": tcmd, "eval": ecmds}, "run_dir": str(rd),
-           "note": f"reduced-scale CPU run ({args.scale}): Fashion-MNIST {data['n_train']} train / "
-                   f"{data['n_test']} test images, {cfg['data']['resolution']} px, {imgs / data['n_train']:.1f} epochs"}
+           "note": f"reduced-scale CPU run ({args.scale}): Fashion-MNIST {n_train} train / "
+                   f"{data['n_test']} test images, {res_of(sc, arm)} px, {imgs / n_train:.1f} epochs"}
     append_rows(args.name, [row], args.results_dir)
     print(f"row {arm.arm} seed {seed}: {metrics}  train {prior['train_wall_s']} s", flush=True)
     return row
@@ -219,7 +314,7 @@ def do_arm(args, sc: dict, arm: Arm, seed: int, data: dict, done: set) -> dict |
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", default="cpu", choices=sorted(SCALES))
+    p.add_argument("--scale", default="cpu64", choices=sorted(SCALES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", choices=[a.arm for a in ARMS], help="only these arms (and their teachers)")
     p.add_argument("--data-dir", default="data/repro", help="prepared datasets go here")
@@ -239,9 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     log = dd / "prepare.log"
     train = dd / f"fmnist_train{sc['train_limit']}"
     test = dd / f"fmnist_test{sc['test_limit']}"
-    cmds = [prepare("train", sc["train_limit"], train, log), prepare("test", sc["test_limit"], test, log)]
-    n = {s: json.loads((d / "manifest.json").read_text())["num_samples"] for s, d in (("train", train), ("test", test))}
-    data = {"train": train, "test": test, "n_train": n["train"], "n_test": n["test"], "commands": cmds}
+    lab = dd / f"fmnist_train{sc['L_limit']}"  # L: the first L_limit of the same train order
+    cmds = [prepare("train", sc["train_limit"], train, log), prepare("test", sc["test_limit"], test, log),
+            prepare("train", sc["L_limit"], lab, log)]
+    n = {s: json.loads((d / "manifest.json").read_text())["num_samples"]
+         for s, d in (("train", train), ("test", test), ("L", lab))}
+    data = {"train": train, "test": test, "L": lab, "n_train": n["train"], "n_test": n["test"], "n_L": n["L"],
+            "commands": cmds}
 
     wanted = set(args.arms or BY_NAME)
     for a in list(wanted):
@@ -249,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             wanted.add(BY_NAME[a].teacher)
     done = {(r["experiment"], r["arm"], r["seed"]) for r in read_rows(args.name, args.results_dir)
             if r.get("scale") == args.scale}
-    # Teachers first; then seed by seed, so an interrupted sweep still holds whole seeds.
+    # Baselines and teachers first; then seed by seed, so an interrupted sweep still holds whole seeds.
     for arm in ARMS:
         if arm.seeds == "first" and arm.arm in wanted:
             do_arm(args, sc, arm, args.seeds[0], data, done)

@@ -28,8 +28,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="no --val: hold out a seeded class-balanced fraction F of --train as val (knn, semi, linear --fast)")
     p.add_argument("--out", metavar="FILE.json", help="result file (default RUN/eval/<protocol>.json)")
     g = p.add_argument_group("model")
-    g.add_argument("--format", default="auto", choices=("auto", "fastdisco", "safetensors", "timm", "teacher"),
-                   help="what CKPT is (auto: by suffix / checkpoint format)")
+    g.add_argument("--format", default="auto",
+                   choices=("auto", "fastdisco", "safetensors", "timm", "teacher", "raw_pixels", "random_init"),
+                   help="what CKPT is (auto: by suffix / checkpoint format). Baselines: raw_pixels (flattened "
+                        "eval-transformed images) and random_init (--model NAME, seeded by --seed, BN statistics "
+                        "recalibrated on --train); CKPT is then the directory whose eval/ gets the result")
+    g.add_argument("--stem", default="default", choices=("default", "small"), help="random_init: model.stem")
     g.add_argument("--model", help="timm name (plain state dicts, teachers, exports without sidecar)")
     g.add_argument("--teacher-format", default="auto", help="--format teacher: fastdisco.models.teacher format")
     g = p.add_argument_group("data and device")
@@ -78,7 +82,9 @@ def _semi(p: argparse.ArgumentParser) -> None:
 
 def _knn(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("knn")
-    g.add_argument("--k", type=int, default=200)
+    g.add_argument("--k", type=int, nargs="+", default=[200],
+                   help="neighbours; several values share one feature pass (top1/top5 are the first k's, "
+                        "by_k holds all)")
     g.add_argument("--temperature", type=float, default=0.07)
 
 
@@ -185,8 +191,16 @@ def main(args: argparse.Namespace) -> int:
     from fastdisco.evaluation.backbone import load_backbone
 
     device, dtype = pick_device(args)
-    lb = load_backbone(args.ckpt, model=args.model, fmt=args.format, teacher_format=args.teacher_format)
+    lb = load_backbone(args.ckpt, model=args.model, fmt=args.format, teacher_format=args.teacher_format,
+                       seed=args.seed, stem=getattr(args, "stem", "default"))
     lb.module.to(device)
+    if lb.kind == "random_init":
+        if not args.train:
+            raise FastdiscoError("--format random_init needs --train DATA (its BN statistics are recalibrated on it)")
+        from fastdisco.evaluation.baselines import recalibrate_bn
+
+        lb.meta["bn_recalibrated_on"] = recalibrate_bn(
+            lb.module, build_loader(args.train, "eval", args, device, dtype), device=device, amp_dtype=dtype)
     if device.type == "cuda":
         lb.module.to(memory_format=torch.channels_last)
     progress = not args.no_progress
@@ -279,9 +293,15 @@ def _cached(args, lb, device, dtype, progress) -> dict:
     (xt, yt, it), (xv, yv, _) = _train_val_features(args, lb, device, dtype, progress)
     C = max(_num_classes(args, lb), int(yt.max()) + 1, int(yv.max()) + 1)
     if args.protocol == "knn":
+        from fastdisco.evaluation.baselines import mean_pairwise_cosine
         from fastdisco.evaluation.knn import knn_eval
 
-        return knn_eval(xt, yt, xv, yv, k=args.k, temperature=args.temperature, num_classes=C)
+        ks = args.k if isinstance(args.k, (list, tuple)) else [args.k]
+        by_k = {str(k): knn_eval(xt, yt, xv, yv, k=k, temperature=args.temperature, num_classes=C) for k in ks}
+        res = dict(by_k[str(ks[0])])
+        res["by_k"] = {k: {"top1": r["top1"], "top5": r["top5"]} for k, r in by_k.items()}
+        res["val_mean_cosine"] = mean_pairwise_cosine(xv)  # collapse check: between different val images
+        return res
     return _semi(args, xt, yt, it, xv, yv, C, progress)
 
 

@@ -45,6 +45,24 @@ def train(cfg, loader=None, teacher=None) -> dict:
         cleanup()
 
 
+def build_models(cfg, method_cls, teacher=None, device="cpu", mem=torch.contiguous_format):
+    """(student, teacher, method), seeded by train.seed. The student is built first, right after
+    seeding, so that arms with the same seed (MoCo v2 alone, DisCo from any teacher) start from
+    identical student weights: building / loading a teacher draws from the RNG. The queue and key
+    encoder (build_method) are re-seeded after the teacher for the same reason."""
+    torch.manual_seed(cfg.train.seed)
+    student = build_student(cfg.model, cfg.method.name).to(device, memory_format=mem)
+    if teacher is None and method_cls.needs_teacher:
+        from fastdisco.models.teacher import load_teacher
+
+        teacher = load_teacher(cfg.model, output=method_cls.teacher_output)
+    if teacher is not None:
+        teacher = teacher.to(device, memory_format=mem)
+    torch.manual_seed(cfg.train.seed + 1)
+    method = build_method(cfg, student, teacher).to(device)
+    return student, teacher, method
+
+
 def setup_determinism(deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -127,18 +145,10 @@ class Trainer:
 
     def _build_models(self, method_cls, teacher) -> None:
         """Same seed on every rank (identical init and queue), then a per-rank RNG."""
-        cfg, mem = self.cfg, torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
-        torch.manual_seed(cfg.train.seed)
-        if teacher is None and method_cls.needs_teacher:
-            from fastdisco.models.teacher import load_teacher
-
-            teacher = load_teacher(cfg.model, output=method_cls.teacher_output)
-        if teacher is not None:
-            teacher = teacher.to(self.device, memory_format=mem)
-        self.student = build_student(cfg.model, cfg.method.name).to(self.device, memory_format=mem)
-        self.method = build_method(cfg, self.student, teacher).to(self.device)
+        mem = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        self.student, self.teacher, self.method = build_models(self.cfg, method_cls, teacher, self.device, mem)
         self.method.train()
-        torch.manual_seed(cfg.train.seed + self.rank)
+        torch.manual_seed(self.cfg.train.seed + self.rank)
 
     def _resume(self) -> None:
         if not (self.cfg.train.resume and self.ckpt.exists()):

@@ -16,6 +16,8 @@ _API = {
     "linear_probe_fast": "linear", "linear_probe_protocol": "linear", "topk_accuracy": "linear",
     "balanced_subset": "semi", "read_subset_file": "semi", "semi_eval": "semi",
     "ssld_eval": "ssld",
+    "RawPixels": "baselines", "random_init_backbone": "baselines", "recalibrate_bn": "baselines",
+    "mean_pairwise_cosine": "baselines",
 }
 __all__ = sorted(_API)
 

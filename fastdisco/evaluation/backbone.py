@@ -19,7 +19,7 @@ from fastdisco.engine.checkpoint import FORMAT as CKPT_FORMAT  # noqa: F401  (re
 from fastdisco.engine.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of  # noqa: F401
 from fastdisco.errors import FastdiscoError
 
-FORMATS = ("auto", "fastdisco", "safetensors", "timm", "teacher")
+FORMATS = ("auto", "fastdisco", "safetensors", "timm", "teacher", "raw_pixels", "random_init")
 
 
 @dataclass
@@ -70,8 +70,9 @@ def infer_num_classes(name: str, state_dict: dict) -> int:
     return 0
 
 
-def build_timm(name: str, state_dict: dict, num_classes: int | None = None):
-    """timm.create_model(name) with the state dict loaded strictly; errors list the keys."""
+def build_timm(name: str, state_dict: dict, num_classes: int | None = None, stem: str = "default"):
+    """timm.create_model(name) (stem per fastdisco.models.student.set_stem) with the state dict loaded
+    strictly; errors list the keys."""
     import timm
 
     if num_classes is None:
@@ -80,6 +81,9 @@ def build_timm(name: str, state_dict: dict, num_classes: int | None = None):
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     except RuntimeError as e:  # timm: "Unknown model (...)"
         raise FastdiscoError(f"cannot build timm model '{name}': {str(e).splitlines()[0]}") from None
+    from fastdisco.models.student import set_stem
+
+    set_stem(model, stem or "default", f"timm model '{name}'")
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -129,16 +133,21 @@ def _load_plain_state(p: Path) -> dict:
 
 
 def load_backbone(source: str | Path, *, model: str | None = None, fmt: str = "auto",
-                  teacher_format: str = "auto", device=None) -> LoadedBackbone:
+                  teacher_format: str = "auto", device=None, seed: int = 0, stem: str = "default") -> LoadedBackbone:
     """Load what `fastdisco eval` evaluates.
 
     source: a fastdisco checkpoint or run directory, an exported `.safetensors` (model name from
       its sidecar JSON or `model`), a plain timm state dict file (`model` required), or -- with
       fmt="teacher" -- any checkpoint `fastdisco.models.teacher.load_teacher` reads (`model` required).
+      fmt="raw_pixels" / "random_init" (baselines, fastdisco.evaluation.baselines): `source` is
+      the directory the results go to (its eval/); random_init needs `model` (+ `seed`, `stem`)
+      and its BN statistics must be recalibrated by the caller (the eval CLI does it).
     """
     if fmt not in FORMATS:
         raise FastdiscoError(f"unknown checkpoint format '{fmt}' (known: {', '.join(FORMATS)})")
-    if fmt == "teacher":
+    if fmt in ("raw_pixels", "random_init"):
+        lb = _load_baseline(source, model, fmt, seed, stem)
+    elif fmt == "teacher":
         lb = _load_teacher(source, model, teacher_format)
     else:
         p = resolve_checkpoint(source)
@@ -163,13 +172,14 @@ def _sniff(p: Path) -> str:
 def _load_fastdisco(p: Path, model: str | None) -> LoadedBackbone:
     ckpt = load_checkpoint(p)
     name = model or ckpt["student_name"]
-    module = build_timm(name, backbone_state_dict(ckpt["student"]))
     cfg = ckpt.get("config") or {}
+    stem = (cfg.get("model") or {}).get("stem", "default")
+    module = build_timm(name, backbone_state_dict(ckpt["student"]), stem=stem)
     run = run_dir_of(p)
     meta = {"step": ckpt.get("step"), "epoch": ckpt.get("epoch"),
             "method": (cfg.get("method") or {}).get("name"),
             "resolution": (cfg.get("data") or {}).get("resolution"),
-            "teacher": (cfg.get("model") or {}).get("teacher"), "config": cfg}
+            "teacher": (cfg.get("model") or {}).get("teacher"), "stem": stem, "config": cfg}
     return LoadedBackbone(module, name, int(getattr(module, "num_classes", 0)), str(p), "fastdisco",
                           str(run) if run else None, meta)
 
@@ -187,6 +197,20 @@ def _load_plain(p: Path, model: str | None, fmt: str) -> LoadedBackbone:
         raise FastdiscoError(f"which timm model is {p}? pass --model NAME (no sidecar {side.name} found)")
     module = build_timm(name, _load_plain_state(p), meta.get("num_classes"))
     return LoadedBackbone(module, name, int(getattr(module, "num_classes", 0)), str(p), fmt, None, meta)
+
+
+def _load_baseline(source, model: str | None, fmt: str, seed: int, stem: str) -> LoadedBackbone:
+    from fastdisco.evaluation.baselines import RawPixels, random_init_backbone
+
+    if fmt == "raw_pixels":
+        return LoadedBackbone(RawPixels(), "raw_pixels", 0, str(source), fmt, str(source),
+                              {"features": "eval-transformed, normalised pixels, flattened"})
+    if not model:
+        raise FastdiscoError("--format random_init needs --model NAME (a timm architecture)")
+    module = _frozen(random_init_backbone(model, seed, stem))
+    return LoadedBackbone(module, model, 0, str(source), fmt, str(source),
+                          {"features": "random init (timm, seeded), BN statistics recalibrated on --train",
+                           "seed": seed, "stem": stem})
 
 
 def _load_teacher(source, model: str | None, teacher_format: str) -> LoadedBackbone:

@@ -26,7 +26,8 @@ class Student(nn.Module):
     `num_classes=0` (pooled features) and the head `Linear-ReLU-Linear` (keys head.0 / head.2);
     for ssld the backbone keeps its classifier and the head is the identity."""
 
-    def __init__(self, name: str, head_hidden: int = 2048, head_dim: int = 128, num_classes: int = 0):
+    def __init__(self, name: str, head_hidden: int = 2048, head_dim: int = 128, num_classes: int = 0,
+                 stem: str = "default"):
         super().__init__()
         import timm
 
@@ -36,6 +37,7 @@ class Student(nn.Module):
             self.backbone = timm.create_model(name, pretrained=False, num_classes=num_classes)
         except RuntimeError as e:  # timm: "Unknown model (...)"
             raise FastdiscoError(f"config key 'model.student': {e}") from None
+        set_stem(self.backbone, stem, f"model.student '{name}'")
         if num_classes > 0:
             self.head: nn.Module = nn.Identity()
         else:
@@ -53,7 +55,8 @@ def build_student(model_cfg, method_name: str) -> Student:
     """Student per docs/design.md section 3, with shuffle-BN emulation or SyncBN as configured."""
     classifier = method_name in CLASSIFIER_METHODS
     num_classes = model_cfg.num_classes if classifier else 0
-    student = Student(model_cfg.student, model_cfg.proj_hidden, model_cfg.proj_dim, num_classes)
+    student = Student(model_cfg.student, model_cfg.proj_hidden, model_cfg.proj_dim, num_classes,
+                      getattr(model_cfg, "stem", "default"))
     if model_cfg.sync_bn:
         from timm.layers import convert_sync_batchnorm
 
@@ -61,6 +64,43 @@ def build_student(model_cfg, method_name: str) -> Student:
     elif model_cfg.shuffle_bn_group > 0 and not classifier:
         convert_grouped_bn(student, model_cfg.shuffle_bn_group)
     return student
+
+
+# --------------------------------------------------------------------------- small-image stem
+STEMS = ("default", "small")
+
+
+def set_stem(model: nn.Module, stem: str, where: str = "model") -> nn.Module:
+    """`stem="small"`: turn a timm ResNet-family stem into the small-image stem of the MoCo CIFAR
+    demo / solo-learn (3x3 stride-1 first conv, no max-pool), in place, so a 32 px input keeps a
+    32x32 map into layer1 instead of 8x8 (ImageNet stem: 7x7/2 conv + 3x3/2 max-pool).
+    Plain stem (resnet18/50): conv1 becomes a new 3x3/1 conv with the same channels (weights
+    re-initialised as timm does: kaiming normal, fan_out). Deep / tiered stem (resnet10t, *d
+    models: conv1 = Sequential of 3x3 convs, the first with stride 2): that first conv gets
+    stride 1, weights kept. Both: maxpool -> Identity. "default" leaves the model untouched.
+    Any other model is a FastdiscoError: silently keeping an ImageNet stem would hide the change."""
+    from fastdisco.errors import FastdiscoError
+
+    if stem not in STEMS:
+        raise FastdiscoError(f"{where}: unknown stem '{stem}' (known: {', '.join(STEMS)})")
+    if stem == "default":
+        return model
+    conv1, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    first = conv1[0] if isinstance(conv1, nn.Sequential) and len(conv1) else conv1
+    if not isinstance(first, nn.Conv2d) or not isinstance(pool, (nn.MaxPool2d, nn.Identity)) \
+            or first.in_channels != 3:
+        raise FastdiscoError(f"{where}: model.stem 'small' only converts timm ResNet-family models "
+                             f"(conv1 + maxpool stem); {type(model).__name__} has no such stem")
+    if isinstance(conv1, nn.Sequential):  # deep stem: keep its 3x3 convs, drop the first stride
+        if first.kernel_size != (3, 3):
+            raise FastdiscoError(f"{where}: deep stem's first conv is {first.kernel_size}, expected 3x3")
+        first.stride = (1, 1)
+    else:
+        new = nn.Conv2d(3, first.out_channels, 3, 1, 1, bias=first.bias is not None)
+        nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+        model.conv1 = new
+    model.maxpool = nn.Identity()
+    return model
 
 
 # --------------------------------------------------------------------------- grouped BN

@@ -166,6 +166,13 @@ def load_teacher(model_cfg, output: Output = "embedding", device: str | torch.de
         backbone = timm.create_model(name, pretrained=False, num_classes=0)
     except RuntimeError as e:  # timm: "Unknown model (...)"
         raise FastdiscoError(f"model.teacher: {e}") from None
+    from fastdisco.models.student import set_stem
+
+    want_stem = getattr(model_cfg, "teacher_stem", "") or ""
+    if want_stem and conv.source_stem and want_stem != conv.source_stem:
+        raise FastdiscoError(f"{where}: model.teacher_stem is '{want_stem}' but the checkpoint was trained "
+                             f"with model.stem '{conv.source_stem}'")
+    set_stem(backbone, want_stem or conv.source_stem or "default", f"model.teacher '{name}'")
 
     sd = dict(conv.backbone)
     dropped = list(conv.dropped)

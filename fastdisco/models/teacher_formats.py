@@ -46,6 +46,7 @@ class Converted:
     head_expected: bool = False                      # the format always has a projection head
     dropped: list[str] = field(default_factory=list)  # keys deliberately left out
     source_arch: str = ""                            # architecture name the file records, if any
+    source_stem: str = ""                            # model.stem a fastdisco checkpoint records, if any
 
 
 # --------------------------------------------------------------------------- reading
@@ -181,8 +182,9 @@ def convert(obj: Any, fmt: str = "auto") -> Converted:
             and isinstance(obj.get("student"), dict):
         aside = [k for k in obj if k != "student"]
         bb, hd, _ = _split(_tensor_dict(obj["student"]), ("backbone.",), ("head.",), ())
+        stem = ((obj.get("config") or {}).get("model") or {}).get("stem", "") if isinstance(obj.get("config"), dict) else ""
         return Converted("fastdisco", bb, hd, "relu", False, aside,
-                         str(obj.get("student_name", "")))
+                         str(obj.get("student_name", "")), str(stem or ""))
     arch = str(obj.get("arch", "")) if isinstance(obj, dict) else ""
     sd, aside = _unwrap(obj)
     sd = _strip_module(sd)
