@@ -16,6 +16,7 @@ No extra dependency: this is also the reference backend.
 """
 from __future__ import annotations
 
+import signal
 import warnings
 import weakref
 from typing import Iterator
@@ -54,6 +55,14 @@ def pad_stack(imgs: list[torch.Tensor]) -> torch.Tensor:
     for n, im in enumerate(imgs):
         out[n, :, : im.shape[1], : im.shape[2]] = im
     return out
+
+
+def _ignore_sigterm(_worker_id: int) -> None:
+    """Workers ignore SIGTERM: SLURM (and torchrun) signal every process of the job, and a worker
+    that dies first makes the main process raise mid-step instead of saving its checkpoint. The
+    main process saves and exits; the workers go with it. (torch resets a worker's SIGTERM
+    handling after fork, hence a worker_init_fn.)"""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _PlanBatches(Dataset):
@@ -161,7 +170,7 @@ class TorchLoader(BaseLoader):
             ds = _PlanBatches(self.reader, plan, self.cfg.seed, self.rank, self.augment, self.worker_does, self._pool)
             self._dl = DataLoader(ds, batch_size=None, sampler=_KeysFrom(self), num_workers=nw,
                                   pin_memory=self.device.type == "cuda", prefetch_factor=PREFETCH if nw > 0 else None,
-                                  persistent_workers=nw > 0)
+                                  persistent_workers=nw > 0, worker_init_fn=_ignore_sigterm if nw > 0 else None)
         return self._dl
 
     def _release(self) -> None:
