@@ -139,7 +139,7 @@ def test_train_sbatch_sigterm_requeue_resume(tmp_path, slurm_env):
     _prepare(data, env=env)
     run = tmp_path / "run"
     sets = ["data.path=" + str(data), "data.batch_size=8", "data.resolution=32",
-            "data.num_workers=0",  # see docs/slurm.md: the torch backend's DataLoader workers and SIGTERM
+            "data.num_workers=1",  # workers get the SIGTERM too (docs/slurm.md): they must not kill the save
             "model.student=resnet10t", "model.proj_hidden=128", "model.shuffle_bn_group=4",
             "method.queue_size=256", "optim.base_batch=16", "train.device=cpu", "train.dist_backend=gloo",
             "train.max_steps=40", "train.log_every=5", "train.ckpt_every=1000", "train.tensorboard=false",

@@ -166,7 +166,7 @@ def _empty_views(n: int, b: int, resolution: int, dtype: torch.dtype, channels_l
 
 def photometric_cpu(cropped: Tensor, params: dict[str, Tensor], resolution: int, dtype: torch.dtype,
                channels_last: bool = True, run=None, out: Tensor | None = None) -> Tensor:
-    """CPU path of Augment.finish: image by image; `run(fn, B)` may spread them over threads.
+    """CPU path of Augment.photometric: image by image; `run(fn, B)` may spread them over threads.
     out: the batch to write into, else a new one. Reusing batches pays: a new 224 px float32
     view is 600 KB of fresh pages, whose first-touch faults cost about as much as the fused
     colour ops (~0.3 ms per view on a 2-core VM)."""

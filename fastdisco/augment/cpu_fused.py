@@ -142,7 +142,7 @@ def _saturation(R, G, B, f, omf):
 
 @njit(nogil=True, cache=True)
 def _hue_channel(h6, kn, v, c):
-    """augment_ops.adjust_hue's closed form for one channel: v - c * clamp(min(k, 4 - k), 0, 1),
+    """augment.ops.adjust_hue's closed form for one channel: v - c * clamp(min(k, 4 - k), 0, 1),
     k = (h6 + kn) mod 6, kn = n + 6 shift rounded to float32 as torch adds it."""
     k = h6 + kn
     k = k - np.floor(k * _INV6) * _F6
@@ -195,7 +195,7 @@ def _jitter(R, G, B, order, first, last, k, blend):
 
 @njit(nogil=True, cache=True)
 def _solarize(R, G, B):
-    for x in range(R.shape[0]):  # at 0.5, as augment_ops.solarize: min(x, 1 - x)
+    for x in range(R.shape[0]):  # at 0.5, as augment.ops.solarize: min(x, 1 - x)
         R[x] = min(R[x], _F1 - R[x])
         G[x] = min(G[x], _F1 - G[x])
         B[x] = min(B[x], _F1 - B[x])
@@ -396,7 +396,7 @@ class FusedView:
         self.order = np.asarray(p["jitter_order"], np.int64).reshape(B, 4)
         self.flags = np.stack([np.asarray(p[k], np.uint8) for k in ("jitter", "gray", "blur", "solarize", "flip")], 1)
         ks = blur_kernel_size(resolution)
-        # augment_ops.gaussian_kernels for the whole batch at once: row for row the same values
+        # augment.ops.gaussian_kernels for the whole batch at once: row for row the same values
         # as color_one's one-sigma calls (tested), 50x cheaper
         self.weights = ops.gaussian_kernels(torch.tensor(p["blur_sigma"], dtype=torch.float32), ks).numpy()
         heavy = self.weights >= ops.NEGLIGIBLE_TAP  # a contiguous run of taps: the kernel is unimodal

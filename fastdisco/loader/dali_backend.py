@@ -1,6 +1,6 @@
 """`dali` backend: DALI decodes (on the GPU with `decode_device=mixed`, nvJPEG) and applies the
 drawn crop as the region of interest of its antialiased resize; the colour ops, blur, flip and
-normalisation are the shared on-device ones (augment.Augment.finish).
+normalisation are the shared on-device ones (augment.Augment.photometric).
 
 Reading: the encoded JPEGs enter through `fn.external_source`, read by offset from the same
 webdataset shards (dataset.webdataset, which uses the DALI .idx files), in the exact order of
@@ -27,7 +27,8 @@ from fastdisco.dataset.webdataset import SampleReader, ShardIndex
 from fastdisco.dataset.images import jpeg_size
 from fastdisco.errors import FastdiscoError, require
 
-_HINT = "install it with `pip install nvidia-dali-cuda130` (or choose data.backend=torch)"
+_HINT = ("install it with `pip install 'fastdisco[dali]'` (CUDA 13) or `pip install nvidia-dali-cuda120==2.4.0` "
+         "(CUDA 12), or choose data.backend=torch")
 
 
 def roi(params: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:

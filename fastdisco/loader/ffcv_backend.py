@@ -1,6 +1,6 @@
 """`ffcv` backend: reads `data.beton`; ffcv's CPU workers decode and random-resized-crop each
 view (one `PipelineSpec` per view on the one 'image' field), uint8 views go to the device, and
-the shared on-device part (augment.Augment.finish) does the rest.
+the shared on-device part (augment.Augment.photometric) does the rest.
 
 Order, DDP split and resume are the shared plan: the ffcv Loader runs in SEQUENTIAL order over
 the indices of this rank's remaining batches, reset each epoch. ffcv's crop sampler

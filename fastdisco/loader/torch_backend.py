@@ -10,7 +10,7 @@ decodes them with PIL, draws the batch's augmentation params from the batch's ow
     finished views over. The crop is resized in uint8 (as dali and ffcv deliver it; within
     1 level of the float resize): replay such a view with apply_view(..., crop_u8=True);
   * CUDA, crop_on=worker: crops + resizes on the CPU, small uint8 views cross to the device,
-    colour ops, blur, flip and normalisation run batched there (augment.Augment.finish);
+    colour ops, blur, flip and normalisation run batched there (augment.Augment.photometric);
   * crop_on=device: the zero-padded uint8 images cross, everything runs on the device.
 No extra dependency: this is also the reference backend.
 """
