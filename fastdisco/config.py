@@ -145,6 +145,12 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters: an error line stays one short line whatever the input."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
+
+
 def coerce(value: Any, tp, key: str) -> Any:
     """Check `value` against the annotation `tp`; convert only where lossless (int -> float,
     list -> tuple). Raises UsageError naming `key`."""
@@ -152,7 +158,7 @@ def coerce(value: Any, tp, key: str) -> Any:
     args = typing.get_args(tp)
     if origin is Literal:
         if value not in args:
-            raise UsageError(f"config key '{key}': {value!r} is not one of {list(args)}")
+            raise UsageError(f"config key '{key}': {_short(value)} is not one of {list(args)}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -165,10 +171,10 @@ def coerce(value: Any, tp, key: str) -> Any:
                 return coerce(value, a, key)
             except UsageError as e:
                 errors.append(str(e))
-        raise UsageError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+        raise UsageError(errors[0] if errors else f"config key '{key}': bad value {_short(value)}")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise UsageError(f"config key '{key}': expected a list, got {value!r}")
+            raise UsageError(f"config key '{key}': expected a list, got {_short(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise UsageError(f"config key '{key}': expected {len(args)} values, got {len(value)}")
@@ -194,13 +200,13 @@ def coerce(value: Any, tp, key: str) -> Any:
             return str(value)
     elif isinstance(value, tp):
         return value
-    raise UsageError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    raise UsageError(f"config key '{key}': expected {_type_name(tp)}, got {_short(value)}")
 
 
 def apply_overrides(obj, overrides: dict, prefix: str = "") -> None:
     """Recursively set fields of dataclass `obj` from a nested dict."""
     if not isinstance(overrides, dict):
-        raise UsageError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {overrides!r}")
+        raise UsageError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {_short(overrides)}")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for k, v in overrides.items():
@@ -214,15 +220,53 @@ def apply_overrides(obj, overrides: dict, prefix: str = "") -> None:
             setattr(obj, k, coerce(v, hints[k], key))
 
 
+_FLOAT_RE = r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"
+
+
+def _strict_loader():
+    """yaml.SafeLoader that refuses aliases (a 400-byte 'billion laughs' file would expand to
+    gigabytes) and duplicate keys (the later one would win silently), and reads 1e-4 as a float
+    (YAML 1.1 wants 1.0e-4)."""
+    import re
+
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise UsageError(f"YAML aliases are not allowed in fastdisco configs (alias *{event.anchor} at line "
+                                 f"{event.start_mark.line + 1})")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise UsageError(f"duplicate config key '{key}' (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_FLOAT_RE), list("-+0123456789."))
+    return StrictLoader
+
+
+def _yaml_load(text: str):
+    import yaml
+
+    return yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_set(item: str) -> dict:
     """'section.key=value' -> {'section': {'key': value}}, value parsed as YAML (1e-4, true, [1,2])."""
     import yaml
 
     if "=" not in item:
-        raise UsageError(f"--set expects section.key=value, got '{item}'")
+        raise UsageError(f"--set expects section.key=value, got {_short(item)}")
     dotted, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     out: dict = {}
@@ -241,21 +285,74 @@ def load_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise UsageError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _yaml_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise UsageError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UsageError as e:
+        raise UsageError(f"config file {p}: {e}") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {p} must hold a mapping of sections")
     return data
 
 
+# every numeric field's valid range, in one place: "section.key" -> (test, what it must be)
+RANGES: dict[str, tuple[Any, str]] = {
+    "data.resolution": (lambda v: v >= 8, ">= 8"),
+    "data.batch_size": (lambda v: v >= 1, ">= 1"),
+    "data.num_workers": (lambda v: v >= 0, ">= 0"),
+    "data.dali_threads": (lambda v: v >= 0, ">= 0"),
+    "model.num_classes": (lambda v: v >= 1, ">= 1"),
+    "model.proj_hidden": (lambda v: v >= 1, ">= 1"),
+    "model.proj_dim": (lambda v: v >= 1, ">= 1"),
+    "model.teacher_proj_hidden": (lambda v: v >= 0, ">= 0"),
+    "model.shuffle_bn_group": (lambda v: v >= 0, ">= 0"),
+    "method.temperature": (lambda v: v > 0, "> 0"),
+    "method.queue_size": (lambda v: v >= 1, ">= 1"),
+    "method.momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "method.distill_weight": (lambda v: v >= 0, ">= 0"),
+    "method.kl_temperature": (lambda v: v > 0, "> 0"),
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.base_batch": (lambda v: v >= 1, ">= 1"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.betas": (lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"),
+    "optim.lars_eta": (lambda v: v > 0, "> 0"),
+    "optim.warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "optim.grad_accum": (lambda v: v >= 1, ">= 1"),
+    "optim.clip_grad": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "train.epochs": (lambda v: v >= 0, ">= 0"),
+    "train.max_steps": (lambda v: v >= 0, ">= 0 (0 = use train.epochs)"),
+    "train.stop_at": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "train.log_every": (lambda v: v >= 1, ">= 1"),
+    "train.ckpt_every": (lambda v: v >= 1, ">= 1"),
+    "train.keep_ckpts": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def validate(cfg) -> None:
+    """Every field within its range (RANGES), and the run has a length: one-line UsageError naming the key."""
+    import math
+
+    for key, (ok, what) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        bad_float = isinstance(value, float) and not math.isfinite(value)
+        if bad_float or not ok(value):
+            raise UsageError(f"config key '{key}': must be {what}, got {_short(value)}")
+    if cfg.train.max_steps == 0 and cfg.train.epochs <= 0:
+        raise UsageError(f"config key 'train.epochs': must be > 0 when train.max_steps is 0, got {cfg.train.epochs}")
+
+
 def build_config(path: str | Path | None = None, sets: list[str] | None = None, cls=Config):
-    """Defaults <- YAML recipe <- --set overrides, type-checked."""
+    """Defaults <- YAML recipe <- --set overrides, type-checked, range-checked (`validate`)."""
     cfg = cls()
     if path:
         apply_overrides(cfg, load_yaml(path))
     for item in sets or []:
         apply_overrides(cfg, parse_set(item))
+    if cls is Config:
+        validate(cfg)
     return cfg
 
 

@@ -48,3 +48,70 @@ def test_cli_error_is_one_line(tmp_path, capsys):
 def test_cli_print_config(capsys):
     assert cli_main(["train", "--set", "optim.lr=0.5", "--print-config"]) == 0
     assert "lr: 0.5" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- hostile or mistyped input
+BAD_VALUES = ["optim.lr=-1", "train.log_every=0", "train.ckpt_every=0", "train.epochs=-5", "data.resolution=0",
+              "data.num_workers=-1", "method.queue_size=-5", "optim.grad_accum=0", "train.max_steps=-3",
+              "method.momentum=2", "optim.weight_decay=-1", "train.keep_ckpts=0", "train.epochs=0", "optim.lr=.nan"]
+
+
+@pytest.mark.parametrize("item", BAD_VALUES)
+def test_out_of_range_values_are_one_line_usage_errors(item):
+    from fastdisco.errors import UsageError
+
+    with pytest.raises(UsageError) as e:
+        build_config(None, [item])
+    msg = str(e.value)
+    assert item.split("=")[0] in msg and "\n" not in msg
+
+
+def test_train_validates_configs_built_in_code(tmp_path):
+    from fastdisco.config import Config
+    from fastdisco.engine.trainer import train
+    from fastdisco.errors import UsageError
+
+    cfg = Config()
+    cfg.optim.grad_accum = 0
+    with pytest.raises(UsageError, match="optim.grad_accum"):
+        train(cfg)
+
+
+def test_exponent_floats_parse_as_floats():
+    assert build_config(None, ["optim.lr=1e-4"]).optim.lr == 1e-4
+    assert build_config(None, ["optim.weight_decay=5E-5"]).optim.weight_decay == 5e-5
+
+
+def test_yaml_aliases_are_refused_fast(tmp_path):
+    """A 'billion laughs' file: refused at the first alias, before anything expands."""
+    import time
+
+    from fastdisco.errors import UsageError
+
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 9):
+        prev = chr(ord("a") + i - 1)
+        lines.append(f"{chr(ord('a') + i)}: &{chr(ord('a') + i)} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\ntrain:\n  epochs: *i\n")
+    t0 = time.perf_counter()
+    with pytest.raises(UsageError, match="aliases are not allowed"):
+        build_config(bomb)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    from fastdisco.errors import UsageError
+
+    f = tmp_path / "dup.yaml"
+    f.write_text("optim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(UsageError, match="duplicate config key 'lr'"):
+        build_config(f)
+
+
+def test_error_lines_stay_short_whatever_the_value():
+    from fastdisco.errors import UsageError
+
+    with pytest.raises(UsageError) as e:
+        build_config(None, ["optim.lr=" + "x" * 5_000_000])
+    assert len(str(e.value)) < 300

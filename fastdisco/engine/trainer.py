@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from fastdisco.config import save_yaml, to_dict
+from fastdisco.config import save_yaml, to_dict, validate
 from fastdisco.distributed import all_reduce_mean, cleanup, init_distributed
-from fastdisco.engine.checkpoint import FORMAT, CheckpointManager, StopSignal, rng_state, set_rng_state
+from fastdisco.engine.checkpoint import (FORMAT, CheckpointManager, StopSignal, micro_step_seed, rng_state,
+                                        set_rng_state)
 from fastdisco.engine.metrics import MetricsLogger
 from fastdisco.engine.optim import build_optimizer, cosine_schedule, scaled_lr, supports_found_inf
 from fastdisco.errors import FastdiscoError
@@ -37,6 +38,7 @@ from fastdisco.models.student import build_student, repair_bn_stats
 def train(cfg, loader=None, teacher=None) -> dict:
     """Train per `cfg`; resumes from cfg.train.out_dir when it holds a checkpoint. `loader` and
     `teacher` may be injected (tests); otherwise built from cfg.data / cfg.model."""
+    validate(cfg)  # also for configs built in code: every range, one line naming the key
     dist = init_distributed(cfg.train.device, cfg.train.dist_backend)
     try:
         with contextlib.ExitStack() as owned:  # closes what the Trainer builds (the loader's workers)
@@ -222,6 +224,8 @@ class Trainer:
             batch = self._next_batch()
             last = micro == self.accum - 1
             sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            # the micro-batch's own draws (shuffle-BN) come from its place, not from the global RNG
+            self.method.seed_micro_step(micro_step_seed(self.cfg.train.seed, self.rank, self.step_no, micro))
             with sync:
                 with autocast:
                     loss, parts = self.method.step(batch)
