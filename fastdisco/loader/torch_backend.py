@@ -57,6 +57,17 @@ def pad_stack(imgs: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def dataloader_generator(seed: int, rank: int, epoch: int, batch: int) -> torch.Generator:
+    """The DataLoader's own generator for a pass that starts at (epoch, batch). Without one,
+    `iter(DataLoader)` draws its workers' base seed from the global torch RNG, so a resumed run
+    (which starts a pass at another moment) shifted every later global draw; the workers
+    themselves draw nothing (each batch's augmentation has its own generator)."""
+    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, rank, batch, 0xDA7A])
+    g = torch.Generator()
+    g.manual_seed(int(ss.generate_state(2, np.uint64)[0] >> 1))
+    return g
+
+
 def _ignore_sigterm(_worker_id: int) -> None:
     """Workers ignore SIGTERM: SLURM (and torchrun) signal every process of the job, and a worker
     that dies first makes the main process raise mid-step instead of saving its checkpoint. The
@@ -170,7 +181,8 @@ class TorchLoader(BaseLoader):
             ds = _PlanBatches(self.reader, plan, self.cfg.seed, self.rank, self.augment, self.worker_does, self._pool)
             self._dl = DataLoader(ds, batch_size=None, sampler=_KeysFrom(self), num_workers=nw,
                                   pin_memory=self.device.type == "cuda", prefetch_factor=PREFETCH if nw > 0 else None,
-                                  persistent_workers=nw > 0, worker_init_fn=_ignore_sigterm if nw > 0 else None)
+                                  persistent_workers=nw > 0, worker_init_fn=_ignore_sigterm if nw > 0 else None,
+                                  generator=dataloader_generator(self.cfg.seed, self.rank, *self._start))
         return self._dl
 
     def _release(self) -> None:
@@ -180,7 +192,9 @@ class TorchLoader(BaseLoader):
     def _batches(self, idx: np.ndarray, valid: np.ndarray, start: int, epoch: int) -> Iterator[Batch]:
         if self._it is None or self._next != (epoch, start):
             self._start = (epoch, start)
-            self._it = iter(self._dataloader())
+            dl = self._dataloader()
+            dl.generator = dataloader_generator(self.cfg.seed, self.rank, epoch, start)  # never the global RNG
+            self._it = iter(dl)
         nb = self.device.type == "cuda"
         for b in range(start, len(idx)):
             if self._it is None:

@@ -81,6 +81,12 @@ class Method(nn.Module):
     def after_optimizer_step(self) -> None:
         """Called once per optimizer step (after the update): momentum encoders live here."""
 
+    def seed_micro_step(self, seed: int) -> None:
+        """The seed of the next `step(batch)`'s own random draws (MoCo's shuffle-BN permutation).
+        The engine sets it before every micro-batch from (train.seed, rank, step, micro-batch), so
+        those draws never come from the global RNG and a resumed run repeats an uninterrupted
+        run's exactly. Without it (a method driven by hand) they come from the global RNG."""
+
     def check_batch(self, batch) -> None:
         if len(batch.views) < self.num_views:
             raise FastdiscoError(f"method '{self.name}' needs {self.num_views} views per image but the loader "
@@ -125,10 +131,28 @@ class MoCoV2(Method):
         self.run_key: Callable = self.key_encoder
         self.queue = KeyQueue(cfg.method.queue_size, cfg.model.proj_dim)
         self.shuffle_keys = cfg.model.shuffle_bn_group > 0 and not cfg.model.sync_bn
+        self._perm_seed: int | None = None          # set per micro-batch by the engine
+        self._perm_gen: dict[torch.device, torch.Generator] = {}
+
+    def seed_micro_step(self, seed: int) -> None:
+        self._perm_seed = seed
+
+    def _perm_generator(self, device: torch.device) -> torch.Generator | None:
+        """The shuffle-BN permutation's own generator on `device`, re-seeded for this micro-batch
+        (a host-side call: no device sync)."""
+        if self._perm_seed is None:
+            return None
+        g = self._perm_gen.get(device)
+        if g is None:
+            g = self._perm_gen[device] = torch.Generator(device=device)
+        g.manual_seed(self._perm_seed)
+        return g
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor) -> torch.Tensor:
-        return shuffled_forward(self.run_key, x) if self.shuffle_keys else self.run_key(x)
+        if not self.shuffle_keys:
+            return self.run_key(x)
+        return shuffled_forward(self.run_key, x, self._perm_generator(x.device))
 
     def contrastive(self, q: torch.Tensor, x_key: torch.Tensor) -> torch.Tensor:
         k = self.keys(x_key)

@@ -179,10 +179,12 @@ def ema_update(key: nn.Module, query: nn.Module, momentum: float) -> None:
 
 
 @torch.no_grad()
-def shuffled_forward(encoder, x: torch.Tensor) -> torch.Tensor:
+def shuffled_forward(encoder, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Run `encoder` on a randomly permuted batch and undo the permutation, so that (with grouped
-    BN) the key of sample i is normalised with other images than its query."""
-    perm = torch.randperm(x.shape[0], device=x.device)
+    BN) the key of sample i is normalised with other images than its query. The permutation is
+    drawn from `generator` (on x's device) when given, else from the global RNG: training passes
+    the method's own generator, so no other draw from the global RNG can shift it."""
+    perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
     out = encoder(x[perm])
     return out[torch.argsort(perm)]
 
