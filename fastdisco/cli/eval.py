@@ -41,7 +41,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decode-device", default="auto", choices=("auto", "mixed", "cpu"))
     g.add_argument("--batch-size", type=int, default=256, help="images per batch (the protocol's 256)")
     g.add_argument("--num-workers", type=int, default=4)
-    g.add_argument("--resolution", type=int, default=224)
+    g.add_argument("--resolution", type=int, default=None,
+                   help="eval crop side (default: the run's data.resolution for a fastdisco run, the sidecar's "
+                        "input size for an export, else 224)")
     g.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     g.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="backbone autocast dtype (auto: bf16 on GPU, fp32 on CPU)")
@@ -171,6 +173,8 @@ def _labelled(feats, labels, idx, what: str):
 # --------------------------------------------------------------------------- main
 def main(args: argparse.Namespace) -> int:
     t0 = time.time()
+    if args.resolution is not None and args.resolution < 1:
+        raise UsageError(f"--resolution must be at least 1, got {args.resolution}")
     if args.protocol != "ssld" and not args.val and not args.holdout:
         read_manifest(args.train, "train", True)  # the clearer error first
         raise UsageError("give --val DATA, or --holdout F to hold out part of --train")
@@ -193,6 +197,8 @@ def main(args: argparse.Namespace) -> int:
     device, dtype = pick_device(args)
     lb = load_backbone(args.ckpt, model=args.model, fmt=args.format, teacher_format=args.teacher_format,
                        seed=args.seed, stem=getattr(args, "stem", "default"))
+    if args.resolution is None:
+        args.resolution = default_resolution(lb)
     lb.module.to(device)
     if lb.kind == "random_init":
         if not args.train:
@@ -225,6 +231,21 @@ def main(args: argparse.Namespace) -> int:
     write_json(out, record)
     print(summary_line(record) + f"  -> {out}")
     return 0
+
+
+def default_resolution(lb) -> int:
+    """The resolution the network was trained at: a fastdisco run's data.resolution, an exported
+    backbone's sidecar input_size; 224 for anything else (plain timm weights, teachers, baselines)."""
+    res = None
+    if lb.kind == "fastdisco":
+        res = lb.meta.get("resolution")
+    elif lb.kind == "safetensors":
+        size = lb.meta.get("input_size")
+        res = size[-1] if isinstance(size, (list, tuple)) and size else None
+    try:
+        return int(res) if res and int(res) >= 1 else 224
+    except (TypeError, ValueError):
+        return 224
 
 
 def default_out(lb, args) -> Path:

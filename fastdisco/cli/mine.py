@@ -39,9 +39,17 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from fastdisco.config import build_config
-    from fastdisco.mine import run_mine
+    from fastdisco.errors import FastdiscoError
+    from fastdisco.mine import check_settings, refuse_out, run_mine
     from fastdisco.models.teacher import load_teacher
 
+    # the command line and OUT first: no teacher is loaded for a run that cannot start
+    check_settings(top_k=args.top_k, hash_distance=args.hash_distance, min_confidence=args.min_confidence,
+                   chunk_size=args.chunk_size, batch_size=args.batch_size, resolution=args.resolution,
+                   crop_pct=args.crop_pct)
+    refuse_out(args.out)
+    if args.teacher_ckpt and Path(args.teacher_ckpt).is_dir():
+        raise FastdiscoError(f"--teacher-ckpt {args.teacher_ckpt} is a directory, not a checkpoint file")
     sets = list(args.set)
     for flag, key in (("teacher", "teacher"), ("teacher_ckpt", "teacher_ckpt"), ("teacher_format", "teacher_format")):
         if getattr(args, flag):

@@ -10,6 +10,8 @@ ffcv Reader/Loader opens with RGBImageField (whose binary arguments are empty an
 from __future__ import annotations
 
 import bisect
+import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from ffcv.fields import IntField, RGBImageField  # import this module only after
 from ffcv.fields.rgb_image import IMAGE_MODES
 from ffcv.types import TYPE_ID_HANDLER, FieldDescType, HeaderType
 from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
+
+from fastdisco.io import remove_stale_temps, temp_path
 
 
 class JpegPassthroughField(RGBImageField):
@@ -70,9 +74,24 @@ class ShardSamples:
         return (jpeg, width, height), int(label), int(i)
 
 
+@contextlib.contextmanager
+def _ffcv_progress(enabled: bool, desc: str):
+    """ffcv's writer always draws a tqdm bar; show it (with our label) only when asked."""
+    import ffcv.writer
+    from tqdm import tqdm
+
+    saved = ffcv.writer.tqdm
+    ffcv.writer.tqdm = functools.partial(tqdm, disable=not enabled, desc=desc, unit="img", dynamic_ncols=True)
+    try:
+        yield
+    finally:
+        ffcv.writer.tqdm = saved
+
+
 def write_beton(path: Path, samples: ShardSamples, max_side: int, quality: int,
-                num_workers: int = 1) -> None:
-    """Write data.beton atomically (to a temporary name, then rename)."""
+                num_workers: int = 1, progress: bool = False) -> None:
+    """Write data.beton atomically (to `.data.beton.PID@HOST.tmp`, then rename); temporary files
+    that killed writers left behind are removed first."""
     fields = {
         "image": JpegPassthroughField(write_mode="jpg", max_resolution=max_side, jpeg_quality=quality),
         "label": IntField(),
@@ -83,10 +102,12 @@ def write_beton(path: Path, samples: ShardSamples, max_side: int, quality: int,
     page = 4 * MIN_PAGE_SIZE
     while page < 2 * largest:
         page *= 2
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temps(path.parent, [path.name])
+    tmp = temp_path(path)
     try:
         writer = DatasetWriter(str(tmp), fields, page_size=page, num_workers=max(1, num_workers))
-        writer.from_indexed_dataset(samples, chunksize=64)
+        with _ffcv_progress(progress, f"prepare: {path.name}"):
+            writer.from_indexed_dataset(samples, chunksize=64)
         rgb_id = {v: k for k, v in TYPE_ID_HANDLER.items()}[RGBImageField]
         with open(tmp, "r+b") as f:  # field 0 = image: mark it as a stock RGBImageField
             f.seek(HeaderType.itemsize + FieldDescType.fields["type_id"][1])

@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator
 
 from fastdisco.dataset import images, webdataset
 from fastdisco.dataset.sources import Source, path_source
-from fastdisco.errors import FastdiscoError, require
-from fastdisco.io import write_json
+from fastdisco.errors import FastdiscoError, UsageError, require
+from fastdisco.io import remove_stale_temps, write_json
 
 FORMAT_VERSION = 1
 FORMATS = ("ffcv", "dali")
@@ -41,13 +41,13 @@ class Settings:
     def check(self) -> None:
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
-            raise FastdiscoError(f"unknown format {','.join(bad) or '(none)'}: choose from ffcv,dali")
+            raise UsageError(f"unknown format {','.join(bad) or '(none)'}: choose from ffcv,dali")
         if not 1 <= self.quality <= 100:
-            raise FastdiscoError(f"--quality must be in 1..100, got {self.quality}")
+            raise UsageError(f"--quality must be in 1..100, got {self.quality}")
         if not 1 <= self.max_side <= 65500:  # FFCV stores sizes as uint16; JPEG caps at 65535
-            raise FastdiscoError(f"--max-side must be in 1..65500, got {self.max_side}")
+            raise UsageError(f"--max-side must be in 1..65500, got {self.max_side}")
         if self.shard_size < 1:
-            raise FastdiscoError(f"--shard-size must be >= 1, got {self.shard_size}")
+            raise UsageError(f"--shard-size must be >= 1, got {self.shard_size}")
 
 
 def parse_formats(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -56,7 +56,7 @@ def parse_formats(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     out = tuple(f for f in FORMATS if f in items)  # canonical order
     bad = [f for f in items if f not in FORMATS]
     if bad or not out:
-        raise FastdiscoError(f"unknown format '{','.join(bad) or text}': choose from ffcv,dali (comma-separated)")
+        raise UsageError(f"unknown format '{','.join(bad) or text}': choose from ffcv,dali (comma-separated)")
     return out
 
 
@@ -68,10 +68,10 @@ def parse_part(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
         try:
             i, n = (int(x) for x in str(text).split("/"))
         except ValueError:
-            raise FastdiscoError(f"--part must look like i/n (e.g. 0/8), got '{text}'") from None
+            raise UsageError(f"--part must look like i/n (e.g. 0/8), got '{text}'") from None
         part = (i, n)
     if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1]):
-        raise FastdiscoError(f"--part i/n needs 0 <= i < n, got {part[0]}/{part[1]}")
+        raise UsageError(f"--part i/n needs 0 <= i < n, got {part[0]}/{part[1]}")
     return part
 
 
@@ -231,7 +231,7 @@ def _convert(lay: Layout, source: Source, settings: Settings, chunk_ids: range, 
 
 
 def _finalize(lay: Layout, source_desc: dict, plan: dict, settings: Settings, num_chunks: int,
-              ffcv_workers: int) -> dict:
+              ffcv_workers: int, progress: bool = False) -> dict:
     records = [_shard_done(lay, k) for k in range(num_chunks)]
     missing = [k for k, r in enumerate(records) if r is None]
     if missing:
@@ -252,6 +252,7 @@ def _finalize(lay: Layout, source_desc: dict, plan: dict, settings: Settings, nu
         first += rec["count"]
     num_samples = first
     skipped = [[p, "loose file beside class folders (no label)"] for p in plan.get("stray", [])]
+    skipped += [list(s) for s in plan.get("walk_skipped", [])]  # hidden entries, symlink loops
     skipped += [s for rec in records for s in rec["skipped"]]
     from fastdisco.io import atomic_write
 
@@ -270,7 +271,7 @@ def _finalize(lay: Layout, source_desc: dict, plan: dict, settings: Settings, nu
         want = {"num_samples": num_samples, "shards": shard_list}
         if not (lay.beton.is_file() and _read_json(marker) == want):
             beton.write_beton(lay.beton, beton.ShardSamples(lay.out, shard_list, sizes),
-                              settings.max_side, settings.quality, num_workers=ffcv_workers)
+                              settings.max_side, settings.quality, num_workers=ffcv_workers, progress=progress)
             write_json(marker, want)
         ffcv = {"path": lay.beton.name}
 
@@ -318,6 +319,17 @@ def _tool_stamp() -> dict:
 # ----------------------------------------------------------------------------- entry point
 
 
+def check_out_dir(out: Path) -> None:
+    """OUT must be a folder or not exist yet (its parents then being folders): one-line errors."""
+    if out.exists() and not out.is_dir():
+        raise FastdiscoError(f"OUT {out} exists and is not a folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FastdiscoError(f"OUT {out} cannot be created: {parent} is not a folder")
+            break
+
+
 def resolve_source(src: str | os.PathLike | Source | None, dataset: str | None = None,
                    options: dict | None = None) -> Source:
     if isinstance(src, Source):
@@ -349,7 +361,11 @@ def prepare_dataset(src: str | os.PathLike | Source | None, out: str | os.PathLi
     settings.check()
     part = parse_part(part)
     if part is not None and merge:
-        raise FastdiscoError("--part and --merge are separate steps: run all parts, then --merge once")
+        raise UsageError("--part and --merge are separate steps: run all parts, then --merge once")
+    if limit is not None and int(limit) < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    lay = Layout(Path(out))
+    check_out_dir(lay.out)
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     source = resolve_source(src, dataset, dataset_options).limit(limit)
     if len(source) == 0:
@@ -357,20 +373,23 @@ def prepare_dataset(src: str | os.PathLike | Source | None, out: str | os.PathLi
     if settings.formats != ("dali",):
         require("ffcv", "ffcv", "install the ffcv extra (see README), or use --format dali")
 
-    lay = Layout(Path(out))
     plan = {
         "format_version": FORMAT_VERSION, "settings": {**asdict(settings), "formats": list(settings.formats)},
         "num_inputs": len(source), "digest": source.digest(), "classes": list(source.classes),
         "labeled": bool(source.labeled), "stray": list(getattr(source, "stray", [])),
     }
+    if getattr(source, "skipped", None):  # only when there are any: plans of earlier versions stay equal
+        plan["walk_skipped"] = [list(s) for s in source.skipped]
     old = _read_json(lay.plan)
     if old is not None and old != plan:
         diff = sorted(k for k in plan if old.get(k) != plan[k])
         raise FastdiscoError(f"{lay.out} holds a run with other {', '.join(diff)}; use a new OUT or delete it")
-    if lay.manifest.exists() and old == plan:
-        return json.loads(lay.manifest.read_text())  # already complete
     if lay.out.exists() and old is None and any(lay.out.iterdir()) and not lay.work.exists():
         raise FastdiscoError(f"OUT is a non-empty folder that is not a prepared dataset: {lay.out}")
+    for d in (lay.out, lay.out / "shards", lay.work):  # temporary files of killed runs (SIGKILL)
+        remove_stale_temps(d)
+    if lay.manifest.exists() and old == plan:
+        return json.loads(lay.manifest.read_text())  # already complete
     write_json(lay.plan, plan)
 
     num_chunks = -(-len(source) // settings.shard_size)
@@ -387,4 +406,4 @@ def prepare_dataset(src: str | os.PathLike | Source | None, out: str | os.PathLi
             write_json(lay.part(i, n), pm)
             return pm
     return _finalize(lay, source.description, plan, settings, num_chunks,
-                     ffcv_workers=ffcv_workers or min(workers, 4))
+                     ffcv_workers=ffcv_workers or min(workers, 4), progress=progress)

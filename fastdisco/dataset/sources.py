@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ class Source:
         assert len(names) == len(labels)
         self.names, self.labels = names, labels
         self.classes, self.labeled = classes, labeled
+        self.skipped: list[list[str]] = []  # [name, reason] left out while listing (hidden, symlink loop)
         self.description = {"kind": self.kind, **description}
 
     def __len__(self) -> int:
@@ -46,6 +48,10 @@ class Source:
 
     def limit(self, n: int | None) -> "Source":
         """Keep the first n inputs (the order is deterministic, so this is reproducible)."""
+        if n is not None and n < 1:
+            from fastdisco.errors import UsageError
+
+            raise UsageError(f"--limit must be at least 1, got {n}")
         if n is not None and n < len(self):
             self.names, self.labels = self.names[:n], self.labels[:n]
             self.description["limit"] = n
@@ -67,41 +73,138 @@ class FileSource(Source):
             return f.read()
 
 
-def _files_under(root: Path) -> list[str]:
-    """All non-directory entries below root (dangling links included: they get a skip
-    reason), as sorted relative paths."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, root)
-        out.extend(os.path.normpath(os.path.join(rel, f)) for f in filenames)
-    return sorted(out)
+HIDDEN = "hidden"
+LOOP = "symlink loop"
+
+
+def _dir_id(path: str | os.PathLike) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)  # follows symlinks: the directory a link points at
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class _Walker:
+    """Lists files below some folders, following directory symlinks, each directory once.
+
+    Real sub-folders are walked first and symlinked ones afterwards (in the order found), so a
+    folder reached both ways is listed where it really is: a link can never pull another class's
+    folder into its own. A directory (by st_dev, st_ino) already walked is skipped: a "symlink
+    loop" when it contains the link, a "duplicate folder" otherwise. Hidden entries (names starting
+    with '.', e.g. .ipynb_checkpoints, .DS_Store) are skipped at every depth. Dangling links and
+    other odd entries are kept as files: reading them fails later with a reason of their own."""
+
+    def __init__(self, seen: set[tuple[int, int]]):
+        self.seen = seen
+        self.files: list[tuple[str, Any]] = []   # (relative path, tag)
+        self.skipped: list[list[str]] = []       # [relative path, reason]
+        self._links: deque[tuple[str, str, tuple, Any]] = deque()
+
+    def add(self, path: str | os.PathLike, rel: str, chain: tuple, tag: Any) -> None:
+        """Walk the folder `path` (listed as `rel`; `chain`: the ids of the folders containing it)."""
+        self._walk(os.fspath(path), rel, chain, tag)
+
+    def finish(self) -> None:
+        while self._links:
+            path, rel, chain, tag = self._links.popleft()
+            self._enter(path, rel, chain, tag)
+
+    def _enter(self, path: str, rel: str, chain: tuple, tag: Any) -> None:
+        ident = _dir_id(path)
+        if ident is None:
+            self.files.append((rel, tag))  # vanished or unreadable: reported by the reader
+        elif ident in chain:
+            self.skipped.append([rel, f"{LOOP} (links back to a folder that contains it)"])
+        elif ident in self.seen:
+            self.skipped.append([rel, "duplicate folder (a symlink to a folder already included)"])
+        else:
+            self.seen.add(ident)
+            self._walk(path, rel, chain + (ident,), tag)
+
+    def _walk(self, path: str, rel: str, chain: tuple, tag: Any) -> None:
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as e:
+            self.skipped.append([rel or ".", f"unreadable folder: {e.__class__.__name__}: {e.strerror or e}"[:200]])
+            return
+        for e in entries:
+            r = os.path.join(rel, e.name) if rel else e.name
+            if e.name.startswith("."):
+                self.skipped.append([r, HIDDEN + (" folder" if _is_dir(e) else "")])
+            elif not _is_dir(e):
+                self.files.append((r, tag))
+            elif e.is_symlink():
+                self._links.append((e.path, r, chain, tag))
+            else:
+                self._enter(e.path, r, chain, tag)
+
+
+def walk_files(root: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
+    """The files below `root` as sorted relative paths, and what was left out as [relative path,
+    reason] rows (hidden entries, symlink loops, duplicate folders: see _Walker)."""
+    root_id = _dir_id(root)
+    w = _Walker({root_id} if root_id else set())
+    w.add(root, "", (root_id,) if root_id else (), None)
+    w.finish()
+    return sorted(f for f, _ in w.files), sorted(w.skipped)
+
+
+def _is_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir()  # follows symlinks
+    except OSError:
+        return False
 
 
 def folder_source(root: str | os.PathLike) -> FileSource:
-    """Class folders (labels = index in sorted folder names) or a flat unlabeled folder."""
+    """Class folders (labels = index in sorted folder names) or a flat unlabeled folder.
+
+    Hidden entries and symlinked folders seen before (loops, duplicates) are left out; they are
+    listed in `src.skipped` ([path, reason] rows that prepare writes to skipped.tsv)."""
     root = Path(root)
     if not root.exists():
         raise FastdiscoError(f"source not found: {root}")
     if not root.is_dir():
         raise FastdiscoError(f"source is neither a folder nor a .txt/.csv file list: {root}")
     entries = sorted(os.listdir(root))
-    class_dirs = [e for e in entries if (root / e).is_dir() and not e.startswith(".")]
+    skipped = [[e, HIDDEN + (" folder" if (root / e).is_dir() else "")] for e in entries if e.startswith(".")]
+    entries = [e for e in entries if not e.startswith(".")]
+    root_id = _dir_id(root)
+    seen = {root_id} if root_id else set()
+    class_dirs = []
+    for e in entries:
+        if not (root / e).is_dir():
+            continue
+        ident = _dir_id(root / e)
+        if ident in seen:  # `SRC/x -> .` or two names for one folder: one class only
+            skipped.append([e, LOOP + " (links back to the source folder)" if ident == root_id
+                            else "duplicate folder (a symlink to a class folder already included)"])
+            continue
+        if ident is not None:
+            seen.add(ident)
+        class_dirs.append(e)
     if class_dirs:
-        names, labels = [], []
+        w = _Walker(seen)
+        top = (root_id,) if root_id else ()
         for c, d in enumerate(class_dirs):
-            for f in _files_under(root / d):
-                names.append(os.path.join(d, f))
-                labels.append(c)
+            ident = _dir_id(root / d)
+            w.add(root / d, d, top + ((ident,) if ident else ()), c)
+        w.finish()
+        pairs = sorted(w.files, key=lambda f: (f[1], f[0]))  # class by class, then by path
+        names, labels = [n for n, _ in pairs], [c for _, c in pairs]
         # Loose files beside class folders have no label: they are kept out (and reported by
         # prepare as skipped) instead of being mixed in as unlabeled.
         stray = [e for e in entries if e not in class_dirs and not (root / e).is_dir()]
         src = FileSource(root, names, labels, class_dirs, True, {"path": str(root.resolve()), "layout": "class-folders"})
         src.stray = stray  # type: ignore[attr-defined]
+        src.skipped = sorted(skipped + w.skipped)  # type: ignore[attr-defined]
         return src
     names = [e for e in entries if not (root / e).is_dir()]
-    return FileSource(root, names, [UNLABELED] * len(names), [], False,
-                      {"path": str(root.resolve()), "layout": "flat"})
+    src = FileSource(root, names, [UNLABELED] * len(names), [], False,
+                     {"path": str(root.resolve()), "layout": "flat"})
+    src.skipped = sorted(skipped)  # type: ignore[attr-defined]
+    return src
 
 
 def list_source(list_file: str | os.PathLike) -> FileSource:

@@ -62,10 +62,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if p.is_dir():
         last = p / "checkpoints" / "last.pt"
         if not last.is_file():
-            raise FastdiscoError(f"no checkpoint in run directory {p} (expected {last})")
+            steps = sorted((p / "checkpoints").glob("step_*.pt")) if (p / "checkpoints").is_dir() else []
+            hint = (f"; it holds {steps[-1]}: pass that file" if steps
+                    else "; give a checkpoint file, or a run directory that has saved a checkpoint")
+            raise FastdiscoError(f"no checkpoint in run directory {p}: it is a directory without "
+                                 f"checkpoints/last.pt{hint}")
         return last
-    if not p.is_file():
+    if not p.exists():
         raise FastdiscoError(f"checkpoint not found: {p}")
+    if not p.is_file():
+        raise FastdiscoError(f"checkpoint {p} is not a regular file")
     return p
 
 
