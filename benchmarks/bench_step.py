@@ -80,8 +80,7 @@ class StepSetup:
 def build_setup(cfg: Config, device: torch.device, teacher: nn.Module | None = None) -> StepSetup:
     """Student, teacher, method and optimizer exactly as fastdisco.train._train builds them
     (same seeding order). `teacher` defaults to `random_teacher` when the method needs one."""
-    from fastdisco.methods import METHODS, build_method
-    from fastdisco.models import build_student
+    from fastdisco.methods import METHODS
     from fastdisco.optim import build_optimizer, scaled_lr, supports_found_inf
     from fastdisco.train import _setup_determinism
 
@@ -89,13 +88,12 @@ def build_setup(cfg: Config, device: torch.device, teacher: nn.Module | None = N
     cls = METHODS[cfg.method.name]
     amp_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
     mem = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    torch.manual_seed(cfg.train.seed)
     if teacher is None and cls.needs_teacher:
+        torch.manual_seed(cfg.train.seed)
         teacher = random_teacher(cfg.model, cls.teacher_output)
-    if teacher is not None:
-        teacher = teacher.to(device, memory_format=mem)
-    student = build_student(cfg.model, cfg.method.name).to(device, memory_format=mem)
-    method = build_method(cfg, student, teacher).to(device)
+    from fastdisco.train import build_models  # student seeded first, then teacher, then queue
+
+    student, teacher, method = build_models(cfg, cls, teacher, device, mem)
     method.train()
     torch.manual_seed(cfg.train.seed)  # train.py: seed + rank, rank 0 here
     optimizer = build_optimizer(cfg.optim, student, device, scaled_lr(cfg.optim, cfg.data.batch_size))
