@@ -13,7 +13,7 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_recipes_resolve(path):
     cfg = build_config(path)
-    assert cfg.method.name in ("mocov2", "disco", "ssld")
+    assert cfg.method.name in ("mocov2", "disco", "ssld", "supervised")  # supervised: the demo's teacher
 
 
 def test_faithful_disco_recipe():

@@ -94,13 +94,12 @@ ARMS = [
     # teachers (seed 0, reused)
     Arm("disco", "mocov2_teacher", "teacher", "ssl_cpu", "mocov2", TEACHER, "teacher", ["model.proj_hidden=2048"],
         seeds="first"),
-    Arm("disco", "supervised_teacher", "teacher", "cls_cpu", "supervised", TEACHER, "sup_teacher", seeds="first"),
     Arm("ssld", "supervised_teacher_L", "teacher", "cls_cpu", "supervised", TEACHER, "L_teacher", evals=("ssld",),
         seeds="first", res="cls", data="L"),
-    # students
+    Arm("disco", "supervised_teacher", "teacher", "cls_cpu", "supervised", TEACHER, "sup_teacher", seeds="first"),
+    # students, most informative first (an interrupted sweep still answers the main claims):
+    # MoCo alone, faithful DisCo (head 2048), the positive control, SSLD, then DisCo head 512
     Arm("disco", "mocov2", "student_alone", "ssl_cpu", "mocov2", STUDENT, "student", ["model.proj_hidden=512"]),
-    Arm("disco", "disco_h512", "student_distilled", "ssl_cpu", "disco", STUDENT, "student",
-        ["model.proj_hidden=512"], teacher="mocov2_teacher"),
     Arm("disco", "disco_h2048", "student_distilled", "ssl_cpu", "disco", STUDENT, "student",
         ["model.proj_hidden=2048"], teacher="mocov2_teacher"),
     Arm("disco", "disco_sup", "student_distilled", "ssl_cpu", "disco", STUDENT, "student",
@@ -111,6 +110,8 @@ ARMS = [
         teacher="supervised_teacher_L", evals=("ssld",), res="cls", data="L"),
     Arm("ssld", "ssld_LU", "student_distilled", "cls_cpu", "ssld", STUDENT, "cls_student",
         teacher="supervised_teacher_L", evals=("ssld",), res="cls", data="train"),
+    Arm("disco", "disco_h512", "student_distilled", "ssl_cpu", "disco", STUDENT, "student",
+        ["model.proj_hidden=512"], teacher="mocov2_teacher"),
 ]
 BY_NAME = {a.arm: a for a in ARMS}
 
