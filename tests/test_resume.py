@@ -5,10 +5,11 @@ in the middle of an epoch or at an epoch boundary, then re-run with the same con
 with the same checkpoint, tensor for tensor and bit for bit, as an uninterrupted run.
 
 Every consumer of randomness has its own generator (docs/design.md section 4): the augmentation
-draws from (seed, epoch, rank, batch), the shuffle-BN permutation from (seed, rank, step,
-micro-batch), the DataLoader's worker seeds from its own generator, ffcv's crop boxes from the
-shared sampler. A draw from the global RNG that a resumed run makes at another moment than an
-uninterrupted one (as `iter(DataLoader)` did) shifts the shuffle-BN stream, and these tests fail.
+draws from (seed, epoch, rank, batch), ffcv's crop boxes from the same shared sampler, the
+shuffle-BN permutation from the method's own generator (its state in the checkpoint), the
+DataLoader's worker seeds from the loader's own generator. A draw from the global RNG that a
+resumed run makes at another moment than an uninterrupted one (as `iter(DataLoader)` did, which
+shifted the shuffle-BN permutations) makes these tests fail; the global RNG states are compared too.
 """
 from __future__ import annotations
 

@@ -94,18 +94,12 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 # --------------------------------------------------------------------------- RNG
-# Exact resume: every random draw of training comes from a generator of its own, seeded from
-# where it happens, never from a stream another consumer may have advanced: the augmentation
+# Exact resume: every random draw of training comes from a generator of its own, never from a
+# stream another consumer may advance at another moment in a resumed run: the augmentation
 # (ffcv's crop boxes included) from (data.seed, epoch, rank, batch) (augment.make_generator), the
-# shuffle-BN permutation from (train.seed, rank, step, micro-batch) (`micro_step_seed`), the
-# torch loader's DataLoader from its own generator. The global RNGs (what a model's own dropout /
-# drop-path draws from) are saved and restored as well (`rng_state`).
-def micro_step_seed(seed: int, rank: int, step: int, micro: int) -> int:
-    """The seed of micro-batch `micro` of optimizer step `step` (0-based) on `rank`."""
-    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, rank, step, micro, 0x5B11])
-    return int(ss.generate_state(2, np.uint64)[0] >> 1)
-
-
+# shuffle-BN permutation from the method's own generator (seeded with train.seed + rank, its
+# state saved beside these), the torch loader's DataLoader from its own. The global RNGs (what a
+# model's own dropout / drop-path draws from) are saved and restored as well.
 def rng_state() -> dict:
     """Every global RNG a step may touch, as plain tensors / containers (weights_only-loadable)."""
     np_state = np.random.get_state()

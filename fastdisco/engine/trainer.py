@@ -25,8 +25,7 @@ import torch
 
 from fastdisco.config import save_yaml, to_dict, validate
 from fastdisco.distributed import all_reduce_mean, cleanup, init_distributed
-from fastdisco.engine.checkpoint import (FORMAT, CheckpointManager, StopSignal, micro_step_seed, rng_state,
-                                        set_rng_state)
+from fastdisco.engine.checkpoint import FORMAT, CheckpointManager, StopSignal, rng_state, set_rng_state
 from fastdisco.engine.metrics import MetricsLogger
 from fastdisco.engine.optim import build_optimizer, cosine_schedule, scaled_lr, supports_found_inf
 from fastdisco.errors import FastdiscoError
@@ -146,11 +145,14 @@ class Trainer:
                            rank=self.rank, world_size=self.world)
 
     def _build_models(self, method_cls, teacher) -> None:
-        """Same seed on every rank (identical init and queue), then a per-rank RNG."""
+        """Same seed on every rank (identical init and queue), then a per-rank RNG, and the same
+        per-rank seed for the method's own generator (shuffle-BN: the draws of a run whose loader
+        never touches the global RNG are those the global RNG gave before it had its own)."""
         mem = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
         self.student, self.teacher, self.method = build_models(self.cfg, method_cls, teacher, self.device, mem)
         self.method.train()
         torch.manual_seed(self.cfg.train.seed + self.rank)
+        self.method.seed_rng(self.cfg.train.seed + self.rank, self.device)
 
     def _resume(self) -> None:
         if not (self.cfg.train.resume and self.ckpt.exists()):
@@ -161,7 +163,9 @@ class Trainer:
         self.method.load_extra_state(state)
         self.optimizer.load_state_dict(state["optimizer"])
         rngs = state["rng"]
-        set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+        mine = rngs[self.rank] if self.rank < len(rngs) else rngs[0]
+        set_rng_state(mine)
+        self.method.load_rng_state(mine)
         self.step_no, self.last_ckpt = state["step"], str(self.ckpt.last)
         self.loader.load_state_dict(state["loader"])  # then set_epoch(saved epoch): resumes mid-epoch
         self.epoch = self.loader.state_dict()["epoch"]
@@ -224,8 +228,6 @@ class Trainer:
             batch = self._next_batch()
             last = micro == self.accum - 1
             sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
-            # the micro-batch's own draws (shuffle-BN) come from its place, not from the global RNG
-            self.method.seed_micro_step(micro_step_seed(self.cfg.train.seed, self.rank, self.step_no, micro))
             with sync:
                 with autocast:
                     loss, parts = self.method.step(batch)
@@ -281,7 +283,7 @@ class Trainer:
 
     def save(self) -> str:
         """A checkpoint of everything exact resume needs (collective: every rank calls it)."""
-        rngs = gather_objects(rng_state(), self.world)
+        rngs = gather_objects({**rng_state(), **self.method.rng_state()}, self.world)
         if not self.main:
             return ""
         state = {"format": FORMAT, "step": self.step_no, "epoch": self.epoch, "config": to_dict(self.cfg),

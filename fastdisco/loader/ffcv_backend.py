@@ -210,10 +210,17 @@ class FfcvLoader(BaseLoader):
     def _stop_pass(self) -> None:
         """Ends the epoch thread of a pass left early (its generator not closed yet), so that it
         neither decodes while the crop table is refilled nor lingers."""
+        import queue
+
         epoch_it, self._epoch_it = self._epoch_it, None
         if epoch_it is not None and epoch_it.is_alive():
             _stop_epoch_thread(epoch_it)
-            epoch_it.output_queue.put_nowait(None)  # its pass, if resumed, ends instead of waiting forever
+            try:  # the thread is gone: what it put last is nobody's, and its pass, if resumed, ends
+                while True:
+                    epoch_it.output_queue.get_nowait()
+            except queue.Empty:
+                pass
+            epoch_it.output_queue.put_nowait(None)
 
     def _params(self, idx: np.ndarray, b: int, epoch: int) -> list[dict[str, torch.Tensor]]:
         """Batch b's params from its own generator (the shared sampler, sizes from ffcv's metadata)."""

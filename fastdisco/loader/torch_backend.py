@@ -16,6 +16,7 @@ No extra dependency: this is also the reference backend.
 """
 from __future__ import annotations
 
+import atexit
 import signal
 import warnings
 import weakref
@@ -66,6 +67,20 @@ def dataloader_generator(seed: int, rank: int, epoch: int, batch: int) -> torch.
     g = torch.Generator()
     g.manual_seed(int(ss.generate_state(2, np.uint64)[0] >> 1))
     return g
+
+
+_LIVE: "weakref.WeakSet[TorchLoader]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_loaders() -> None:
+    """At interpreter exit, stop the workers of every loader still alive. multiprocessing's exit
+    handler SIGTERMs daemonic children and then joins them, and our workers ignore SIGTERM
+    (`_ignore_sigterm`): a script that ended with a live loader hung at exit. Registered after
+    torch's and multiprocessing's own exit handlers, so it runs before them (LIFO), while the
+    DataLoader still shuts its workers down in order."""
+    for loader in list(_LIVE):
+        loader.close()
 
 
 def _ignore_sigterm(_worker_id: int) -> None:
@@ -163,6 +178,7 @@ class TorchLoader(BaseLoader):
         self._it = None                 # the DataLoader's iterator, running ahead of the consumer
         self._start = (0, 0)            # (epoch, batch) the iterator started at
         self._next = None               # (epoch, batch) the iterator yields next
+        _LIVE.add(self)                 # closed at interpreter exit if still alive (a weak reference)
 
     def _dataloader(self) -> DataLoader:
         """One DataLoader for the loader's life: its workers persist across epochs."""

@@ -81,11 +81,20 @@ class Method(nn.Module):
     def after_optimizer_step(self) -> None:
         """Called once per optimizer step (after the update): momentum encoders live here."""
 
-    def seed_micro_step(self, seed: int) -> None:
-        """The seed of the next `step(batch)`'s own random draws (MoCo's shuffle-BN permutation).
-        The engine sets it before every micro-batch from (train.seed, rank, step, micro-batch), so
-        those draws never come from the global RNG and a resumed run repeats an uninterrupted
-        run's exactly. Without it (a method driven by hand) they come from the global RNG."""
+    # ---- its own random draws: never from the global RNG when the engine drives it
+    def seed_rng(self, seed: int, device: torch.device) -> None:
+        """Gives the method's own random draws (MoCo's shuffle-BN permutation) a generator of
+        their own on `device`, seeded with `seed`. The engine saves and restores its state with
+        every checkpoint (`rng_state` / `load_rng_state`), so no other draw from the global RNG
+        (a DataLoader's `iter()`, a model's dropout) can shift it and a resumed run repeats an
+        uninterrupted run's draws. Unseeded (a method driven by hand) they come from the global RNG."""
+
+    def rng_state(self) -> dict:
+        """The state of the method's own generators (plain tensors), for the checkpoint."""
+        return {}
+
+    def load_rng_state(self, state: dict) -> None:
+        pass
 
     def check_batch(self, batch) -> None:
         if len(batch.views) < self.num_views:
@@ -131,28 +140,26 @@ class MoCoV2(Method):
         self.run_key: Callable = self.key_encoder
         self.queue = KeyQueue(cfg.method.queue_size, cfg.model.proj_dim)
         self.shuffle_keys = cfg.model.shuffle_bn_group > 0 and not cfg.model.sync_bn
-        self._perm_seed: int | None = None          # set per micro-batch by the engine
-        self._perm_gen: dict[torch.device, torch.Generator] = {}
+        self.perm_generator: torch.Generator | None = None  # the shuffle-BN permutation's (seed_rng)
 
-    def seed_micro_step(self, seed: int) -> None:
-        self._perm_seed = seed
+    def seed_rng(self, seed: int, device: torch.device) -> None:
+        if self.shuffle_keys:
+            self.perm_generator = torch.Generator(device=device)
+            self.perm_generator.manual_seed(seed)
 
-    def _perm_generator(self, device: torch.device) -> torch.Generator | None:
-        """The shuffle-BN permutation's own generator on `device`, re-seeded for this micro-batch
-        (a host-side call: no device sync)."""
-        if self._perm_seed is None:
-            return None
-        g = self._perm_gen.get(device)
-        if g is None:
-            g = self._perm_gen[device] = torch.Generator(device=device)
-        g.manual_seed(self._perm_seed)
-        return g
+    def rng_state(self) -> dict:
+        return {"shuffle_bn": self.perm_generator.get_state()} if self.perm_generator is not None else {}
+
+    def load_rng_state(self, state: dict) -> None:
+        saved = state.get("shuffle_bn")
+        # absent (a checkpoint without it) or of another device type: the generator keeps its seed
+        if self.perm_generator is not None and saved is not None \
+                and saved.numel() == self.perm_generator.get_state().numel():
+            self.perm_generator.set_state(saved)
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.shuffle_keys:
-            return self.run_key(x)
-        return shuffled_forward(self.run_key, x, self._perm_generator(x.device))
+        return shuffled_forward(self.run_key, x, self.perm_generator) if self.shuffle_keys else self.run_key(x)
 
     def contrastive(self, q: torch.Tensor, x_key: torch.Tensor) -> torch.Tensor:
         k = self.keys(x_key)
