@@ -217,8 +217,11 @@ def claim(rows: dict, arm: str, base: str, keys: list[str], what: str, gate_ok: 
         sd = max(statistics.stdev(x) if len(x) > 1 else 0.0, statistics.stdev(y) if len(y) > 1 else 0.0)
         parts.append(f"{k} {d:+.2f} (seed std up to {sd:.2f}, n={min(len(x), len(y))})")
         ok = ok and d > sd and d > 0
+    n = min(min(len(_vals(rows, arm, k)), len(_vals(rows, base, k))) for k in keys)
     if gate_ok is False:
         verdict = "not testable here: its teacher fails the gate"
+    elif n < 2:
+        verdict = f"{'higher' if ok else 'not higher'} on one seed (no verdict before 3 seeds)"
     else:
         verdict = "reproduced at this scale" if ok else "not reproduced at this scale"
     return f"- {what}: {verdict}; {LABELS14[arm]} minus {LABELS14[base]}: " + ", ".join(parts) + "."
@@ -229,7 +232,7 @@ def section14(rows: dict, scale: str) -> list[str]:
     ssl = [r for r in rows.values() if r["experiment"] == "disco"]
     cls = [r for r in rows.values() if r["experiment"] == "ssld"]
     lines = [BEGIN14, "", f"*Scale {scale}: Fashion-MNIST, first {any_row['train_images'] if ssl else '?'} train "
-             f"images (L = first {next((r['train_images'] for r in cls if r['arm'] == 'ssld_L'), '?')}), "
+             f"images (L = first {next((r['train_images'] for r in cls if r['arm'] in ('ssld_L', 'supervised_teacher_L')), '?')}), "
              f"all {any_row['test_images']} test images; DisCo experiment at "
              f"{next((r['resolution'] for r in ssl), '?')} px, SSLD at {next((r['resolution'] for r in cls), '?')} px. "
              "Top-1 in %, mean ± sample std over the seeds listed; every number from a logged row.*", "",
