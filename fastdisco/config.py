@@ -389,15 +389,20 @@ def field_docs(cls) -> dict[str, str]:
     """Each field's meaning, read from the comments beside it in this file (a trailing comment,
     its continuation lines, or the comment block just above): the dataclasses are the one place
     a field is documented, and `fastdisco train --help` lists them from here."""
-    import inspect
     import io
+    import re
     import tokenize
 
     docs: dict[str, str] = {}
     pending: list[str] = []   # comment block above the next field
     last: str | None = None   # field whose trailing comment may continue on the next lines
     line_of_last = -1
-    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline)
+    # the class's block of this file, found by text (inspect.getsource would ast.parse the whole file)
+    text = Path(__file__).read_text()
+    start = re.search(rf"^class {cls.__name__}\b.*$", text, re.M).start()
+    end = re.search(r"^\S", text[start:].split("\n", 1)[1], re.M)
+    block = text[start:] if end is None else text[start:start + len(text[start:].split("\n", 1)[0]) + 1 + end.start()]
+    tokens = tokenize.generate_tokens(io.StringIO(block).readline)
     names = {f.name for f in dataclasses.fields(cls)}
     at_line_start = True
     for tok in tokens:

@@ -13,10 +13,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (repeatable), e.g. --set train.out_dir=runs/x")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    from fastdisco.config import describe_fields  # no torch: the dataclasses and their comments
+    format_help = parser.format_help
 
-    parser.epilog = "config fields (section.key: type = default  # meaning), set with --set or in --config YAML:\n" + \
-        describe_fields()
+    def with_fields() -> str:  # built only when help is shown, not on every `fastdisco` call
+        from fastdisco.config import describe_fields  # no torch: the dataclasses and their comments
+
+        parser.epilog = ("config fields (section.key: type = default  # meaning), set with --set or in --config "
+                         "YAML:\n" + describe_fields())
+        return format_help()
+
+    parser.format_help = with_fields
 
 
 def main(args: argparse.Namespace) -> int:
