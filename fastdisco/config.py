@@ -295,38 +295,50 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def _ge(lo, note: str = "") -> tuple[Any, str]:
+    return (lambda v: v >= lo), f">= {lo}" + (f" {note}" if note else "")
+
+
+def _gt(lo) -> tuple[Any, str]:
+    return (lambda v: v > lo), f"> {lo}"
+
+
+def _within(lo, hi) -> tuple[Any, str]:
+    return (lambda v: lo <= v <= hi), f"in [{lo}, {hi}]"
+
+
 # every numeric field's valid range, in one place: "section.key" -> (test, what it must be)
 RANGES: dict[str, tuple[Any, str]] = {
-    "data.resolution": (lambda v: v >= 8, ">= 8"),
-    "data.batch_size": (lambda v: v >= 1, ">= 1"),
-    "data.num_workers": (lambda v: v >= 0, ">= 0"),
-    "data.dali_threads": (lambda v: v >= 0, ">= 0"),
-    "model.num_classes": (lambda v: v >= 1, ">= 1"),
-    "model.proj_hidden": (lambda v: v >= 1, ">= 1"),
-    "model.proj_dim": (lambda v: v >= 1, ">= 1"),
-    "model.teacher_proj_hidden": (lambda v: v >= 0, ">= 0"),
-    "model.shuffle_bn_group": (lambda v: v >= 0, ">= 0"),
-    "method.temperature": (lambda v: v > 0, "> 0"),
-    "method.queue_size": (lambda v: v >= 1, ">= 1"),
-    "method.momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "method.distill_weight": (lambda v: v >= 0, ">= 0"),
-    "method.kl_temperature": (lambda v: v > 0, "> 0"),
-    "optim.lr": (lambda v: v > 0, "> 0"),
-    "optim.base_batch": (lambda v: v >= 1, ">= 1"),
+    "data.resolution": _ge(8),
+    "data.batch_size": _ge(1),
+    "data.num_workers": _ge(0),
+    "data.dali_threads": _ge(0),
+    "model.num_classes": _ge(1),
+    "model.proj_hidden": _ge(1),
+    "model.proj_dim": _ge(1),
+    "model.teacher_proj_hidden": _ge(0),
+    "model.shuffle_bn_group": _ge(0),
+    "method.temperature": _gt(0),
+    "method.queue_size": _ge(1),
+    "method.momentum": _within(0, 1),
+    "method.distill_weight": _ge(0),
+    "method.kl_temperature": _gt(0),
+    "optim.lr": _gt(0),
+    "optim.base_batch": _ge(1),
     "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.weight_decay": _ge(0),
     "optim.betas": (lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"),
-    "optim.lars_eta": (lambda v: v > 0, "> 0"),
-    "optim.warmup_epochs": (lambda v: v >= 0, ">= 0"),
-    "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "optim.grad_accum": (lambda v: v >= 1, ">= 1"),
-    "optim.clip_grad": (lambda v: v >= 0, ">= 0 (0 = off)"),
-    "train.epochs": (lambda v: v >= 0, ">= 0"),
-    "train.max_steps": (lambda v: v >= 0, ">= 0 (0 = use train.epochs)"),
-    "train.stop_at": (lambda v: v >= 0, ">= 0 (0 = off)"),
-    "train.log_every": (lambda v: v >= 1, ">= 1"),
-    "train.ckpt_every": (lambda v: v >= 1, ">= 1"),
-    "train.keep_ckpts": (lambda v: v >= 1, ">= 1"),
+    "optim.lars_eta": _gt(0),
+    "optim.warmup_epochs": _ge(0),
+    "optim.min_lr_ratio": _within(0, 1),
+    "optim.grad_accum": _ge(1),
+    "optim.clip_grad": _ge(0, "(0 = off)"),
+    "train.epochs": _ge(0),
+    "train.max_steps": _ge(0, "(0 = use train.epochs)"),
+    "train.stop_at": _ge(0, "(0 = off)"),
+    "train.log_every": _ge(1),
+    "train.ckpt_every": _ge(1),
+    "train.keep_ckpts": _ge(1),
 }
 
 

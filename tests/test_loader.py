@@ -4,8 +4,11 @@ and statistical equivalence of the backends' augmentation."""
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import numpy as np
+
 import pytest
 import torch
 
@@ -15,17 +18,11 @@ from fastdisco import augment as A
 from fastdisco.loader import make_loader, rank_plan
 from fastdisco.errors import FastdiscoError
 
+sys.path.insert(0, str(Path(__file__).parent))
+from train_utils import have_backend as _have  # noqa: E402
+
 BACKENDS = ["torch", "dali", "ffcv"]
 N, RES, B = 48, 24, 8
-
-
-def _have(backend):
-    mod = {"torch": "torch", "dali": "nvidia.dali", "ffcv": "ffcv"}[backend]
-    try:
-        __import__(mod)
-        return True
-    except ImportError:
-        return False
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from fastdisco.engine.trainer import train
 from fastdisco.io import safe_torch_load
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_utils import tiny_cfg  # noqa: E402
+from train_utils import have_backend as _have, tiny_cfg  # noqa: E402
 
 # 64 samples / batch 8 = 8 batches per epoch; grad_accum 2 -> 4 steps per epoch; 6 steps in all
 STEPS, STEPS_PER_EPOCH = 6, 4
@@ -35,15 +35,6 @@ BACKENDS = {
     "dali_cpu": {"backend": "dali", "decode_device": "cpu", "num_workers": 2},
     "ffcv": {"backend": "ffcv", "num_workers": 2},
 }
-
-
-def _have(backend: str) -> bool:
-    mod = {"torch": "torch", "dali": "nvidia.dali", "ffcv": "ffcv"}[backend]
-    try:
-        __import__(mod)
-        return True
-    except ImportError:
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -110,3 +110,13 @@ def tiny_cfg(tmp_path, method_name="mocov2", **sections):
     })
     apply_overrides(cfg, sections)
     return cfg
+
+
+def have_backend(backend: str) -> bool:
+    """Whether a loader backend's package imports here (torch always; DALI and ffcv are optional)."""
+    mod = {"torch": "torch", "dali": "nvidia.dali", "ffcv": "ffcv"}[backend]
+    try:
+        __import__(mod)
+        return True
+    except ImportError:
+        return False
