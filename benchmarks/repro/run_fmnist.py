@@ -17,6 +17,9 @@ Design (issue 14; student resnet10t, teacher resnet18; every row has `experiment
     labels_only_L       student: cross-entropy on L
     ssld_L              student: symmetric KL to the teacher on L, labels unused
     ssld_LU             student: symmetric KL on L + U (the whole train subset), labels unused
+    ssld_Lmine          student: symmetric KL on L + what `fastdisco mine` selects from U with the
+                        L-teacher (top-k most confident per predicted class, test near-duplicates
+                        dropped), labels unused
   All students of one experiment run the same number of optimizer steps; arms with the same seed
   start from identical student weights (fastdisco.engine.trainer.build_models).
 SSL arms and baselines: weighted kNN (k=20 and k=200, one feature pass) and a fast linear probe;
@@ -51,20 +54,24 @@ SCALES: dict[str, dict] = {
     "tiny": {"train_limit": 64, "test_limit": 32, "L_limit": 32, "ssl_res": 32, "cls_res": 32,
              "len": {"teacher": "max_steps=3", "sup_teacher": "max_steps=3", "L_teacher": "max_steps=3",
                      "student": "max_steps=2", "cls_student": "max_steps=2"},
-             "batch_size": 16, "shuffle_bn_group": 8, "queue_size": 64, "linear_epochs": 5, "knn_k": [10, 20]},
+             "batch_size": 16, "shuffle_bn_group": 8, "queue_size": 64, "linear_epochs": 5, "knn_k": [10, 20],
+             "mine_top_k": 2},
     "cpu": {"train_limit": 10000, "test_limit": 2000, "L_limit": 1000, "ssl_res": 32, "cls_res": 32,
             "len": {"teacher": "epochs=4", "sup_teacher": "epochs=4", "L_teacher": "epochs=30",
                     "student": "epochs=2", "cls_student": "max_steps=312"},
-            "batch_size": 64, "shuffle_bn_group": 16, "queue_size": 4096, "linear_epochs": 100, "knn_k": [200, 20]},
+            "batch_size": 64, "shuffle_bn_group": 16, "queue_size": 4096, "linear_epochs": 100, "knn_k": [200, 20],
+            "mine_top_k": 450},
     "cpu64": {"train_limit": 10000, "test_limit": 10000, "L_limit": 1000, "ssl_res": 64, "cls_res": 32,
               "len": {"teacher": "epochs=10", "sup_teacher": "epochs=4", "L_teacher": "epochs=30",
                       "student": "epochs=2", "cls_student": "max_steps=600"},
               # queue 512: with 10k images a longer queue is mostly stale keys at these lengths
-              "batch_size": 64, "shuffle_bn_group": 16, "queue_size": 512, "linear_epochs": 100, "knn_k": [200, 20]},
+              "batch_size": 64, "shuffle_bn_group": 16, "queue_size": 512, "linear_epochs": 100, "knn_k": [200, 20],
+              "mine_top_k": 450},  # ~half of U's ~900 images per class
     "gpu": {"train_limit": 60000, "test_limit": 10000, "L_limit": 6000, "ssl_res": 64, "cls_res": 32,
             "len": {"teacher": "epochs=100", "sup_teacher": "epochs=20", "L_teacher": "epochs=100",
                     "student": "epochs=30", "cls_student": "epochs=30"},
-            "batch_size": 256, "shuffle_bn_group": 32, "queue_size": 16384, "linear_epochs": 100, "knn_k": [200, 20]},
+            "batch_size": 256, "shuffle_bn_group": 32, "queue_size": 16384, "linear_epochs": 100, "knn_k": [200, 20],
+            "mine_top_k": 2700},
 }
 
 
@@ -82,7 +89,7 @@ class Arm:
     evals: tuple[str, ...] = ("knn", "linear")
     seeds: str = "all"               # "all" | "first"
     res: str = "ssl"                 # "ssl" | "cls": which scale resolution
-    data: str = "train"              # "train" | "L": train subset it trains on / probes with
+    data: str = "train"              # "train" | "L" | "Lmine": train subset it trains on / probes with
 
 
 ARMS = [
@@ -112,6 +119,8 @@ ARMS = [
         teacher="supervised_teacher_L", evals=("ssld",), res="cls", data="train"),
     Arm("disco", "disco_h512", "student_distilled", "ssl_cpu", "disco", STUDENT, "student",
         ["model.proj_hidden=512"], teacher="mocov2_teacher"),
+    Arm("ssld", "ssld_Lmine", "student_distilled", "cls_cpu", "ssld", STUDENT, "cls_student",
+        teacher="supervised_teacher_L", evals=("ssld",), res="cls", data="Lmine"),
 ]
 BY_NAME = {a.arm: a for a in ARMS}
 
@@ -154,6 +163,44 @@ def prepare(split: str, limit: int, out: Path, log: Path) -> str:
     return cmd
 
 
+def mined_set(args, sc: dict, data: dict) -> None:
+    """L + what `fastdisco mine` selects from U, as one prepared dataset (data["Lmine"]; built once).
+
+    mine scores the whole train subset with the L-teacher and keeps the top-k per predicted class
+    after dropping near-duplicates of the test split; the picks that fall in L (pool index < n_L)
+    are dropped, so the added images come from U only. L itself is exported by a second mine run
+    that keeps every image (no eval set, top-k = |L|); labels in the list are the teacher's
+    predictions, which SSLD never reads."""
+    dd = Path(args.data_dir)
+    out = dd / f"fmnist_Lmine_top{sc['mine_top_k']}"
+    t = BY_NAME["supervised_teacher_L"]
+    common = ["--teacher", t.model, "--teacher-ckpt", str(teacher_ckpt(args, t)), "--teacher-format", "fastdisco",
+              "--resolution", str(sc["cls_res"]), "--device", "cpu", "--workers", "1", "--no-progress"]
+    pool_out, l_out = dd / f"mine_U_top{sc['mine_top_k']}", dd / "mine_L_all"
+    cmds = []
+    for argv_tail, dest in (([str(data["train"]), str(pool_out), "--top-k", str(sc["mine_top_k"]),
+                              "--eval-set", str(data["test"])], pool_out),
+                            ([str(data["L"]), str(l_out), "--top-k", str(data["n_L"])], l_out)):
+        argv, cmd = fastdisco_cmd(["mine", *argv_tail, *common])
+        cmds.append(cmd)
+        if not (dest / "mine.json").is_file():
+            run_logged(argv, dd / "mine.log")
+    if not (out / "manifest.json").is_file():
+        lines = [f"{l_out.name}/{x}" for x in (l_out / "filelist.txt").read_text().splitlines() if x]
+        picked = (pool_out / "selected.csv").read_text().splitlines()[1:]
+        lines += [f"{pool_out.name}/{path},{label}" for idx, label, _conf, path in (x.split(",") for x in picked)
+                  if int(idx) >= data["n_L"]]
+        lst = dd / f"Lmine_top{sc['mine_top_k']}.txt"
+        lst.write_text("\n".join(lines) + "\n")
+        argv, cmd = fastdisco_cmd(["prepare-data", str(lst), str(out), "--no-progress"])
+        run_logged(argv, dd / "prepare.log")
+    cmds.append(shlex.join(["fastdisco", "prepare-data", f"{dd}/Lmine_top{sc['mine_top_k']}.txt", str(out)]))
+    info = json.loads((pool_out / "mine.json").read_text())
+    data.update(Lmine=out, n_Lmine=json.loads((out / "manifest.json").read_text())["num_samples"],
+                mine_commands=cmds, mine_info={k: info[k] for k in ("num_pool", "num_selected", "num_near_duplicates",
+                                                       "num_eval_images", "selected_per_class")})
+
+
 def run_dir(args, arm: Arm, seed: int) -> Path:
     return Path(args.runs) / args.scale / arm.arm / f"seed{seed}"
 
@@ -164,7 +211,7 @@ def res_of(sc: dict, arm: Arm) -> int:
 
 def train_args(args, sc: dict, arm: Arm, seed: int, data: dict) -> list[str]:
     key, val = sc["len"][arm.length].split("=")
-    path = data["L"] if arm.data == "L" else data["train"]
+    path = data[arm.data]
     sets = [f"data.path={path}", f"model.student={arm.model}", f"method.name={arm.method}",
             f"train.seed={seed}", f"data.seed={seed}", f"train.{key}={val}",
             f"data.batch_size={sc['batch_size']}", f"train.out_dir={run_dir(args, arm, seed)}", *arm.sets]
@@ -190,7 +237,7 @@ def teacher_ckpt(args, t: Arm) -> Path:
 
 def eval_args(args, sc: dict, arm: Arm, seed: int, protocol: str, data: dict) -> list[str]:
     rd = run_dir(args, arm, seed)
-    train = data["L"] if arm.data == "L" else data["train"]
+    train = data[arm.data]
     common = ["--resolution", str(res_of(sc, arm)), "--backend", "ffcv", "--num-workers", "1", "--device", "cpu",
               "--batch-size", "256", "--no-progress", "--seed", str(seed)]
     if arm.role == "raw_pixels":
@@ -258,6 +305,8 @@ def do_arm(args, sc: dict, arm: Arm, seed: int, data: dict, done: set) -> dict |
     if key in done:
         print(f"skip {arm.arm} seed {seed}: row exists", flush=True)
         return None
+    if arm.data == "Lmine" and "Lmine" not in data:
+        mined_set(args, sc, data)
     rd = run_dir(args, arm, seed)
     rd.mkdir(parents=True, exist_ok=True)
     log = rd.parent / f"seed{seed}.log"
@@ -293,7 +342,7 @@ def do_arm(args, sc: dict, arm: Arm, seed: int, data: dict, done: set) -> dict |
     tp = throughput(rd)
     cfg = json.loads(json.dumps(__import__("yaml").safe_load((rd / "config.yaml").read_text()))) \
         if (rd / "config.yaml").exists() else {}
-    n_train = data["n_L"] if arm.data == "L" else data["n_train"]
+    n_train = data[f"n_{arm.data}"]
     imgs = tp["steps"] * cfg.get("data", {}).get("batch_size", 0)
     row = {"experiment": arm.experiment, "role": arm.role, "arm": arm.arm, "seed": seed, "scale": args.scale,
            "method": arm.method, "student": arm.model,
@@ -305,7 +354,9 @@ def do_arm(args, sc: dict, arm: Arm, seed: int, data: dict, done: set) -> dict |
            "images_per_s_wall": imgs / prior["train_wall_s"] if prior["train_wall_s"] else None,
            "steps": tp["steps"], "epochs_seen": imgs / n_train, "final_loss": tp["final_loss"],
            "resolution": res_of(sc, arm), "train_images": n_train, "test_images": data["n_test"],
-           "command": {"prepare": data["commands"], "train": tcmd, "eval": ecmds}, "run_dir": str(rd),
+           "command": {"prepare": data["commands"] + (data["mine_commands"] if arm.data == "Lmine" else []),
+                       "train": tcmd, "eval": ecmds}, "run_dir": str(rd),
+           **({"mine": data["mine_info"]} if arm.data == "Lmine" else {}),
            "note": f"reduced-scale CPU run ({args.scale}): Fashion-MNIST {n_train} train / "
                    f"{data['n_test']} test images, {res_of(sc, arm)} px, {imgs / n_train:.1f} epochs"}
     append_rows(args.name, [row], args.results_dir)
