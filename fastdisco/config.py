@@ -60,9 +60,9 @@ class ModelConfig:
     teacher_proj_hidden: int = 2048     # teacher's MoCo v2 head 2048-2048-128; checked against the file (0 = accept any)
     teacher_mean: tuple[float, ...] = ()  # teacher's input mean; () = ImageNet for SSL formats, timm's cfg for timm weights
     teacher_std: tuple[float, ...] = ()   # teacher's input std; () = as teacher_mean
-    # Emulated shuffle-BN (mocov2/disco): student BN statistics per group of this many samples
-    # (per device) and a shuffled key batch, so positive pairs never share BN statistics.
-    # Needs a per-device batch of at least 2 groups; otherwise plain BN. 0 = off.
+    # Shuffle-BN (mocov2/disco): student BN statistics per group of this many samples and a key
+    # batch shuffled across all ranks, so positive pairs do not share BN statistics. Needs a
+    # per-rank batch of whole groups (one device: at least 2 groups); else refused. 0 = off.
     shuffle_bn_group: int = 32
     sync_bn: bool = False               # SyncBatchNorm across DDP ranks instead (CUDA/nccl)
 

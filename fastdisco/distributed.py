@@ -1,5 +1,6 @@
 """Thin wrappers over torch.distributed: torchrun's environment -> process group, rank / world,
-and the one collective the methods need (all-gather of keys for the MoCo queue).
+and the collectives the methods need: the all-gather of keys for the MoCo queue, and MoCo's
+cross-rank batch shuffle for shuffle-BN (`shared_randperm`, `batch_shuffle`, `batch_unshuffle`).
 
 Nothing home-made: `torchrun --nproc_per_node=N -m fastdisco train ...` sets RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR/PORT; a plain `fastdisco train` is a world of one with no process group.
@@ -64,6 +65,10 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 @torch.no_grad()
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every rank along dim 0, rank order (no gradient: MoCo keys)."""
@@ -72,6 +77,46 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty((world_size() * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
     dist.all_gather_into_tensor(out, x.contiguous())
     return out
+
+
+# --------------------------------------------------------------------------- shuffle-BN
+# MoCo's `_batch_shuffle_ddp` / `_batch_unshuffle_ddp` (facebookresearch/moco, builder.py): the
+# key batch is all-gathered, permuted with one permutation every rank shares, and each rank
+# encodes its slice, so a key's BatchNorm statistics come from images drawn from every rank's
+# batch, not from its query's own. In a world of one these reduce to `x[perm]` / `y[argsort(perm)]`.
+@torch.no_grad()
+def shared_randperm(n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random permutation of range(n), the same on every rank: drawn on rank 0 (from
+    `generator`, on `device`, else the global RNG) and broadcast. Only rank 0's generator is
+    advanced, so restoring every rank's generator state restores the sequence of permutations."""
+    if world_size() == 1:
+        return torch.randperm(n, device=device, generator=generator)
+    perm = torch.randperm(n, device=device, generator=generator) if rank() == 0 \
+        else torch.empty(n, dtype=torch.long, device=device)
+    dist.broadcast(perm, src=0)
+    return perm
+
+
+def _gather_batch(x: torch.Tensor) -> torch.Tensor:
+    """all_gather_cat keeping a channels_last image batch channels_last (gathered as NHWC, no copy)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return all_gather_cat(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    return all_gather_cat(x)
+
+
+@torch.no_grad()
+def batch_shuffle(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of the global batch (every rank's `x`, rank order) taken in the order of
+    `perm`, a permutation of the global batch shared by all ranks. Every rank must pass a batch
+    of the same size (the loaders guarantee it)."""
+    return _gather_batch(x)[perm.view(world_size(), -1)[rank()]]
+
+
+@torch.no_grad()
+def batch_unshuffle(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Inverse of `batch_shuffle` for the encoder's outputs: gathers every rank's rows and keeps
+    this rank's original samples, in their original order."""
+    return _gather_batch(y)[torch.argsort(perm).view(world_size(), -1)[rank()]]
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:

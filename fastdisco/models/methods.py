@@ -22,7 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastdisco.errors import FastdiscoError
-from fastdisco.models.student import KeyQueue, ema_update, make_key_encoder, shuffled_forward
+from fastdisco.distributed import world_size
+from fastdisco.models.student import (KeyQueue, check_shuffle_bn_batch, ema_update, make_key_encoder,
+                                      shuffled_forward)
 
 from fastdisco.kernels import embedding_distill_loss, infonce_loss, soft_ce_loss, symmetric_kl_loss
 
@@ -140,9 +142,13 @@ class MoCoV2(Method):
         self.run_key: Callable = self.key_encoder
         self.queue = KeyQueue(cfg.method.queue_size, cfg.model.proj_dim)
         self.shuffle_keys = cfg.model.shuffle_bn_group > 0 and not cfg.model.sync_bn
+        self.shuffle_group = cfg.model.shuffle_bn_group
+        # a student without BatchNorm (GroupNorm, LayerNorm) has no BN leak: no batch size to refuse
+        self.key_has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.key_encoder.modules())
         self.perm_generator: torch.Generator | None = None  # the shuffle-BN permutation's (seed_rng)
 
     def seed_rng(self, seed: int, device: torch.device) -> None:
+        # under DDP only rank 0's generator draws: its permutation is broadcast to every rank
         if self.shuffle_keys:
             self.perm_generator = torch.Generator(device=device)
             self.perm_generator.manual_seed(seed)
@@ -159,7 +165,14 @@ class MoCoV2(Method):
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor) -> torch.Tensor:
-        return shuffled_forward(self.run_key, x, self.perm_generator) if self.shuffle_keys else self.run_key(x)
+        """Keys of `x` (this rank's view-1 batch). With shuffle-BN the batch is shuffled across all
+        ranks (one permutation from rank 0's generator) and unshuffled after the key encoder; a
+        batch on which that would not separate keys from their queries' BN batch is refused."""
+        if not self.shuffle_keys:
+            return self.run_key(x)
+        if self.key_has_bn:
+            check_shuffle_bn_batch(x.shape[0], self.shuffle_group, world_size())
+        return shuffled_forward(self.run_key, x, self.perm_generator)
 
     def contrastive(self, q: torch.Tensor, x_key: torch.Tensor) -> torch.Tensor:
         k = self.keys(x_key)

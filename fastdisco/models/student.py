@@ -6,18 +6,20 @@ statistics of the *same* batch, the contrastive task can be solved through those
 MoCo shuffles the key batch across GPUs ("shuffle-BN"). On one device we emulate it with
 `GroupedBatchNorm2d` (statistics per group of `shuffle_bn_group` samples) and a shuffled key
 batch, so the key of sample i is normalised with a different set of images than its query.
-Across devices, `sync_bn` (SyncBatchNorm) is the alternative (docs/design.md section 3).
+Across ranks the key batch is shuffled globally, as MoCo does (`shuffled_forward`); `sync_bn`
+(SyncBatchNorm) is the alternative (docs/design.md section 3).
 """
 from __future__ import annotations
 
 import copy
+import warnings
 
 import fastdisco._compat  # noqa: F401  (torchvision import fix before timm, where the install did not apply it)
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastdisco.distributed import all_gather_cat
+from fastdisco.distributed import all_gather_cat, batch_shuffle, batch_unshuffle, shared_randperm, world_size
 
 
 # --------------------------------------------------------------------------- student
@@ -122,6 +124,9 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
         n, c, h, w = x.shape
         groups = n // self.group_size
         if not self.training or groups < 2 or n % self.group_size:
+            if self.training and not (n == self.group_size and world_size() > 1):  # one group per rank: MoCo's layout
+                warnings.warn(f"GroupedBatchNorm2d: a batch of {n} is not 2+ groups of {self.group_size}: "
+                              f"plain BatchNorm over the whole batch (no shuffle-BN)")
             return self.post(super().forward(x))
         # [N, C, H, W] -> [N/G, G*C, H, W]: channel block g holds the samples i = g mod G.
         mean = self.running_mean.repeat(groups) if self.track_running_stats else None
@@ -179,14 +184,36 @@ def ema_update(key: nn.Module, query: nn.Module, momentum: float) -> None:
 
 
 @torch.no_grad()
-def shuffled_forward(encoder, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Run `encoder` on a randomly permuted batch and undo the permutation, so that (with grouped
-    BN) the key of sample i is normalised with other images than its query. The permutation is
-    drawn from `generator` (on x's device) when given, else from the global RNG: training passes
-    the method's own generator, so no other draw from the global RNG can shift it."""
-    perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
-    out = encoder(x[perm])
-    return out[torch.argsort(perm)]
+def shuffled_forward(encoder, x: torch.Tensor, generator: torch.Generator | None = None,
+                     perm: torch.Tensor | None = None) -> torch.Tensor:
+    """Run `encoder` on a randomly permuted batch and undo the permutation, so that (with BN) the
+    key of sample i is normalised with other images than its query. On one device: the batch is
+    permuted and grouped BN gives each group its own statistics. Across ranks (MoCo's
+    `_batch_shuffle_ddp`): the batch is all-gathered, permuted globally and each rank encodes its
+    slice, then the outputs are gathered back and this rank keeps its own rows, in order.
+    The permutation of the global batch is drawn from `generator` (on x's device; rank 0's, shared
+    by broadcast) when given, else from the global RNG: training passes the method's own
+    generator, so no other draw can shift it. `perm` gives the permutation instead (tests)."""
+    if perm is None:
+        perm = shared_randperm(x.shape[0] * world_size(), x.device, generator)
+    return batch_unshuffle(encoder(batch_shuffle(x, perm)), perm)
+
+
+def check_shuffle_bn_batch(n: int, group_size: int, world: int) -> None:
+    """Refuse (UsageError) a key batch on which shuffle-BN would silently do nothing: on one
+    device it must hold at least 2 groups of `group_size` (else grouped BN is plain BN over the
+    query's own batch); across ranks each rank's batch must be whole groups (one group per rank
+    is MoCo's layout)."""
+    from fastdisco.errors import UsageError
+
+    if n % group_size == 0 and (world > 1 or n >= 2 * group_size):
+        return
+    need = (f"a multiple of {group_size} per rank" if world > 1
+            else f"at least 2 groups of {group_size} on one device (a multiple of {group_size}, {2 * group_size}+)")
+    alt = "model.sync_bn=true" if world > 1 else "model.shuffle_bn_group=0 (no shuffle-BN)"
+    raise UsageError(f"config key 'model.shuffle_bn_group': shuffle-BN needs a key batch of {need}, but it has "
+                     f"{n} images, so keys would share BatchNorm statistics with their queries: set "
+                     f"data.batch_size or model.shuffle_bn_group to fit, or {alt}")
 
 
 # --------------------------------------------------------------------------- queue
