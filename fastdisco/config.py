@@ -65,6 +65,10 @@ class ModelConfig:
     # Needs a per-device batch of at least 2 groups; otherwise plain BN. 0 = off.
     shuffle_bn_group: int = 32
     sync_bn: bool = False               # SyncBatchNorm across DDP ranks instead (CUDA/nccl)
+    # start the student from these weights: a fastdisco run checkpoint / run directory or an
+    # exported .safetensors backbone (strict keys); optimizer, schedule and step start fresh
+    # ("" = random init). A run that resumes from its own checkpoint ignores it
+    init_ckpt: str = ""
 
 
 @dataclass

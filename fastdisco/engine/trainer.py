@@ -53,6 +53,10 @@ def build_models(cfg, method_cls, teacher=None, device="cpu", mem=torch.contiguo
     encoder (build_method) are re-seeded after the teacher for the same reason."""
     torch.manual_seed(cfg.train.seed)
     student = build_student(cfg.model, cfg.method.name).to(device, memory_format=mem)
+    if cfg.model.init_ckpt:  # weights only, before the key encoder copies the student (models/init_weights.py)
+        from fastdisco.models.init_weights import init_student
+
+        init_student(student, cfg.model.init_ckpt)
     if teacher is None and method_cls.needs_teacher:
         from fastdisco.models.teacher import load_teacher
 
@@ -157,6 +161,9 @@ class Trainer:
     def _resume(self) -> None:
         if not (self.cfg.train.resume and self.ckpt.exists()):
             self.loader.set_epoch(self.epoch)
+            if self.cfg.model.init_ckpt and self.main:
+                print(f"fastdisco train: student weights from {self.cfg.model.init_ckpt}; optimizer, schedule "
+                      "and step start fresh")
             return
         state = self.ckpt.load()
         self.student.load_state_dict(state["student"])
