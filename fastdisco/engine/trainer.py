@@ -16,6 +16,7 @@ Optimizers without on-device skipping (foreach fallback) check the flag on the h
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fastdisco.config import save_yaml, to_dict, validate
+from fastdisco.config import decay_norm_bias, save_yaml, to_dict, validate
 from fastdisco.distributed import all_reduce_mean, cleanup, init_distributed
 from fastdisco.engine.checkpoint import FORMAT, CheckpointManager, StopSignal, rng_state, set_rng_state
 from fastdisco.engine.metrics import MetricsLogger
@@ -116,7 +117,8 @@ class Trainer:
         self.global_batch = cfg.data.batch_size * self.world * self.accum
         self._build_models(method_cls, teacher)
         lr = scaled_lr(oc, self.global_batch)
-        self.optimizer = build_optimizer(oc, self.student, self.device, lr)
+        self.optimizer = build_optimizer(dataclasses.replace(oc, decay_norm_bias=decay_norm_bias(cfg)),
+                                         self.student, self.device, lr)  # "auto" -> the method's recipe
         self.schedule = cosine_schedule(lr, self.total, round(oc.warmup_epochs * steps_per_epoch),
                                         oc.min_lr_ratio).tolist()
         self.on_device_skip = supports_found_inf(self.optimizer)
