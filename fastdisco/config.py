@@ -54,7 +54,7 @@ class ModelConfig:
     stem: Literal["default", "small"] = "default"
     teacher: str = ""                   # timm model name of the teacher ("" = none)
     teacher_ckpt: str = ""              # local checkpoint file (never downloaded)
-    teacher_format: Literal["auto", "timm", "mocov2", "swav", "byol", "dino", "fastdisco", "safetensors"] = "auto"
+    teacher_format: Literal["auto", "timm", "mocov2", "swav", "byol", "dino", "fastdisco", "safetensors", "paddle"] = "auto"
     teacher_stem: Literal["", "default", "small"] = ""  # "" = the stem a fastdisco checkpoint records (else default)
     teacher_bn: Literal["train", "eval"] = "train"  # official DisCo and SSLD: train mode
     teacher_proj_hidden: int = 2048     # teacher's MoCo v2 head 2048-2048-128; checked against the file (0 = accept any)

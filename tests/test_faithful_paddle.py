@@ -57,6 +57,7 @@ def test_pdparams_convert_to_timm_exactly(timm_sd, tmp_path, scheme, protocol):
     assert "conv1_1_weights" in static_names() and "bnv1_1_scale" in static_names()  # PaddleClas's names
 
 
+@pytest.mark.slow
 def test_converted_file_loads_as_ssld_teacher(timm_sd, tmp_path):
     from fastdisco.config import ModelConfig
     from fastdisco.models.teacher import load_teacher
@@ -67,7 +68,12 @@ def test_converted_file_loads_as_ssld_teacher(timm_sd, tmp_path):
     teacher = load_teacher(ModelConfig(teacher="resnet50d", teacher_ckpt=str(tmp_path / "t.pt"),
                                        teacher_format="timm", teacher_bn="eval"), output="logits")
     assert torch.equal(teacher.backbone.fc.weight, timm_sd["fc.weight"])
-    assert teacher(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+    x = torch.randn(2, 3, 64, 64)
+    assert teacher(x).shape == (2, 1000)
+    # the .pdparams itself is a teacher checkpoint too (teacher_format auto -> paddle, arch resnet50d)
+    direct = load_teacher(ModelConfig(teacher_ckpt=str(src), teacher_bn="eval"), output="logits")
+    assert direct.format == "paddle" and direct.name == "resnet50d"
+    assert torch.equal(direct(x), teacher(x))
 
 
 def test_wrong_names_and_shapes_are_named(timm_sd, tmp_path):

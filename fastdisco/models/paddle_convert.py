@@ -141,7 +141,7 @@ def paddle_to_timm(params: dict[str, np.ndarray], model: str = "resnet50d") -> d
     if model not in DEPTHS:
         raise FastdiscoError(f"Paddle conversion supports {', '.join(DEPTHS)}, not '{model}'")
     scheme, table = _scheme(list(params))
-    own = timm.create_model(model, pretrained=False).state_dict()
+    own = timm.create_model(model, pretrained=False, device="meta").state_dict()  # names, shapes, dtypes only
     out, unknown = {}, []
     for name, arr in params.items():
         key = table.get(name)
@@ -167,9 +167,10 @@ def paddle_to_timm(params: dict[str, np.ndarray], model: str = "resnet50d") -> d
             parts.append(f"{len(shapes)} arrays of the wrong shape (after mapping, file vs {model}): "
                          + "; ".join(shapes[:4]))
         raise FastdiscoError(f"the Paddle file ({scheme} names) does not fit timm {model}: {'; '.join(parts)}")
-    for k, v in own.items():  # BN counters Paddle does not keep
-        out.setdefault(k, v)
-    return out
+    for k in own:  # BN counters Paddle does not keep
+        if k not in out:
+            out[k] = torch.zeros((), dtype=torch.long)
+    return {k: out[k] for k in own}
 
 
 def convert_file(src: str | Path, dst: str | Path, model: str = "resnet50d") -> dict:
