@@ -51,6 +51,21 @@ def test_recipe_configs_state_their_weight_decay():
     assert decay_norm_bias(build_config(root / "disco_effb0_r50.yaml")) is True
     assert decay_norm_bias(build_config(root / "mocov2_r18.yaml")) is True
     assert decay_norm_bias(build_config(root / "ssld_mv3l_r50.yaml")) is False
+    final = build_config(root / "ssld_mv3l_r50_final.yaml")
+    assert final.model.init_ckpt == "runs/ssld_mv3l_r50" and final.method.name == "ssld"
+    assert decay_norm_bias(final) is False
+
+
+def test_every_config_states_its_deviations():
+    for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
+        header = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            header.append(line)
+        text = " ".join(header)
+        assert "Remaining deviations" in text or "Not a reproduction" in text, path.name
+        build_config(path)  # and it is a valid config
 
 
 def test_ssld_agreement_uses_the_teachers_stored_bn_statistics():
