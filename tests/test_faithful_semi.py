@@ -43,7 +43,7 @@ def imagenet_like(tmp_path_factory):
                 continue
             pix = np.clip(rng.normal(60 + 70 * c, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pix).save(path, format="JPEG")
-    prepare_dataset(root / "train", root / "data", formats="dali", workers=1)
+    prepare_dataset(root / "train", root / "data", workers=1)  # both formats: shards + data.beton
     return root / "data", root / "train"
 
 
@@ -79,13 +79,18 @@ def test_subset_errors_name_what_is_missing(imagenet_like, tmp_path):
     assert subset_indices(lst, data, src) == [0]
 
 
-def test_loader_restricted_to_a_subset_reads_only_it(imagenet_like):
+@pytest.mark.parametrize("backend", ["torch", "ffcv", "dali"])
+def test_loader_restricted_to_a_subset_reads_only_it(imagenet_like, backend):
+    from train_utils import have_backend
+
     from fastdisco.config import DataConfig
     from fastdisco.loader import make_loader
 
+    if not have_backend(backend):
+        pytest.skip(f"{backend} is not installed")
     data, _ = imagenet_like
-    loader = make_loader(DataConfig(path=str(data), recipe="linear", resolution=24, batch_size=4, num_workers=0,
-                                    drop_last=False), device="cpu")
+    loader = make_loader(DataConfig(path=str(data), backend=backend, decode_device="cpu", recipe="linear",
+                                    resolution=24, batch_size=4, num_workers=1, drop_last=False), device="cpu")
     loader.restrict_to([16, 0, 9, 3, 5])
     assert len(loader) == 2
     for epoch in range(2):
@@ -94,6 +99,7 @@ def test_loader_restricted_to_a_subset_reads_only_it(imagenet_like):
         assert sorted(seen) == [0, 3, 5, 9, 16]
     with pytest.raises(FastdiscoError, match=r"sample indices must be in \[0, 17\)"):
         loader.restrict_to([17])
+    loader.close()
 
 
 def test_semi_protocol_trains_on_the_subset_with_the_disco_schedule(imagenet_like):
