@@ -376,6 +376,14 @@ def _semi(args, xt, yt, it, xv, yv, C, progress) -> dict:
     return {"subsets": res}
 
 
+def _epoch_log(args):
+    """The protocols' per-epoch line, printed when the progress bar is off."""
+    def log(epoch, row):
+        if args.no_progress:
+            print(f"epoch {epoch}/{args.epochs}  loss {row['loss']:.4f}  lr {row['lr']:.4g}", flush=True)
+    return log
+
+
 def _linear(args, lb, device, dtype, progress) -> dict:
     if not args.full:
         from fastdisco.evaluation.linear import linear_probe_fast
@@ -393,11 +401,7 @@ def _linear(args, lb, device, dtype, progress) -> dict:
     C = _num_classes(args, lb) or int(getattr(train, "num_classes", 0) or 0)
     if not C:
         raise FastdiscoError(f"cannot tell the number of classes of {args.train}")
-
-    def log(epoch, row):
-        if args.no_progress:
-            print(f"epoch {epoch}/{args.epochs}  loss {row['loss']:.4f}  lr {row['lr']:.4g}", flush=True)
-
+    log = _epoch_log(args)
     return linear_probe_protocol(lb.module, train, val, num_classes=C, epochs=args.epochs,
                                  lr=3.0 if args.lr is None else args.lr, momentum=args.momentum,
                                  weight_decay=args.wd, milestones=args.milestones, gamma=args.gamma,
@@ -414,15 +418,10 @@ def _semi_full(args, lb, device, dtype, progress) -> dict:
     C = _num_classes(args, lb) or int(getattr(train, "num_classes", 0) or 0)
     if not C:
         raise FastdiscoError(f"cannot tell the number of classes of {args.train}")
-
-    def log(epoch, row):
-        if args.no_progress:
-            print(f"epoch {epoch}/{args.epochs}  loss {row['loss']:.4f}  lr {row['lr']:.4g}", flush=True)
-
     res = semi_protocol(lb.module, train, val, subsets, num_classes=C, epochs=args.epochs,
                         lr=3.0 if args.lr is None else args.lr, milestones=args.milestones, gamma=args.gamma,
                         momentum=args.momentum, weight_decay=args.wd, device=device, amp_dtype=dtype,
-                        seed=args.seed, progress=progress, log=log)
+                        seed=args.seed, progress=progress, log=_epoch_log(args))
     return {"subsets": res}
 
 

@@ -77,34 +77,12 @@ def _plain(sd: dict) -> dict:
             if isinstance(v, torch.Tensor)}
 
 
-def strict_load(module: nn.Module, sd: dict, where: str) -> None:
-    """load_state_dict that names missing / unexpected / mis-shaped keys in one line. A missing BN
-    `num_batches_tracked` is tolerated (it never changes an output)."""
-    from fastdisco.models.teacher_formats import fmt_keys
-
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {fmt_keys(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {fmt_keys(unexpected)}")
-        if shapes:
-            parts.append(f"{len(shapes)} keys of the wrong shape (file vs model): {fmt_keys(shapes, 4)}")
-        raise FastdiscoError(f"{where} does not fit: {'; '.join(parts)}")
-    full = dict(own)
-    full.update(sd)
-    module.load_state_dict(full, strict=True)
-
-
 @torch.no_grad()
 def init_student(student: nn.Module, path: str | Path) -> str:
     """Load `path` into `student` (a fastdisco.models.student.Student) per the module docstring;
     returns a one-line description of what was loaded."""
+    from fastdisco.models.teacher import _strict_load as strict_load  # the one strict, readable loader
+
     backbone, head, what = read_init_state(path)
     where = f"model.init_ckpt {path} ({what}) for the student's backbone"
     strict_load(student.backbone, backbone, where)
