@@ -147,6 +147,9 @@ def test_cli_semi_full_end_to_end(imagenet_like, tmp_path, capsys):
     # --full needs a subset list; a name that is not in the data is a one-line error
     assert cli_main(["eval", "semi", str(run), "--full", "--train", str(data), "--val", str(data), *COMMON]) == 2
     assert "give --subset FILE" in capsys.readouterr().err
+    assert cli_main(["eval", "semi", str(run), "--full", "--subset", str(lst), "--train", str(data),
+                     "--holdout", "0.2", *COMMON]) == 2
+    assert "--full needs --val" in capsys.readouterr().err
     lst.write_text("n01000001_0.JPEG\nn07777777_1.JPEG\n")
     assert cli_main(["eval", "semi", str(run), "--full", "--subset", str(lst), "--train", str(data),
                      "--val", str(data), *COMMON]) == 1
