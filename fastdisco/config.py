@@ -54,7 +54,7 @@ class ModelConfig:
     stem: Literal["default", "small"] = "default"
     teacher: str = ""                   # timm model name of the teacher ("" = none)
     teacher_ckpt: str = ""              # local checkpoint file (never downloaded)
-    teacher_format: Literal["auto", "timm", "mocov2", "swav", "byol", "dino", "fastdisco", "safetensors"] = "auto"
+    teacher_format: Literal["auto", "timm", "mocov2", "swav", "byol", "dino", "fastdisco", "safetensors", "paddle"] = "auto"
     teacher_stem: Literal["", "default", "small"] = ""  # "" = the stem a fastdisco checkpoint records (else default)
     teacher_bn: Literal["train", "eval"] = "train"  # official DisCo and SSLD: train mode
     teacher_proj_hidden: int = 2048     # teacher's MoCo v2 head 2048-2048-128; checked against the file (0 = accept any)
@@ -65,6 +65,10 @@ class ModelConfig:
     # per-rank batch of whole groups (one device: at least 2 groups); else refused. 0 = off.
     shuffle_bn_group: int = 32
     sync_bn: bool = False               # SyncBatchNorm across DDP ranks instead (CUDA/nccl)
+    # start the student from these weights: a fastdisco run checkpoint / run directory or an
+    # exported .safetensors backbone (strict keys); optimizer, schedule and step start fresh
+    # ("" = random init). A run that resumes from its own checkpoint ignores it
+    init_ckpt: str = ""
 
 
 @dataclass
@@ -89,14 +93,17 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer and schedule (fastdisco.engine.optim). No weight decay on norms and biases."""
+    """Optimizer and schedule (fastdisco.engine.optim)."""
 
     name: Literal["sgd", "lars", "adamw"] = "sgd"
     lr: float = 0.03                    # at base_batch; scaled linearly with the global batch
     base_batch: int = 256               # global batch = data.batch_size * world size * grad_accum
     momentum: float = 0.9               # SGD / LARS
     weight_decay: float = 1e-4
-    decay_norm_bias: bool = False       # True = decay norms/biases too (the official MoCo/DisCo code)
+    # weight decay on norms and biases (ndim <= 1) too. "auto" = the method's published recipe
+    # (RECIPE_DECAY_NORM_BIAS): mocov2 / disco true (the official MoCo / DisCo code decays every
+    # parameter), ssld / supervised false (PaddleClas exempts the MobileNetV3 student's BatchNorms)
+    decay_norm_bias: Literal["auto", True, False] = "auto"
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     lars_eta: float = 0.001             # LARS trust coefficient
     fused: bool = True                  # fused SGD/AdamW kernels where supported (else foreach)
@@ -340,6 +347,16 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.ckpt_every": _ge(1),
     "train.keep_ckpts": _ge(1),
 }
+
+
+# optim.decay_norm_bias "auto": whether each method's published recipe decays norms and biases
+RECIPE_DECAY_NORM_BIAS = {"mocov2": True, "disco": True, "ssld": False, "supervised": False}
+
+
+def decay_norm_bias(cfg) -> bool:
+    """optim.decay_norm_bias with "auto" resolved for cfg.method.name (RECIPE_DECAY_NORM_BIAS)."""
+    value = cfg.optim.decay_norm_bias
+    return value if isinstance(value, bool) else RECIPE_DECAY_NORM_BIAS.get(cfg.method.name, False)
 
 
 def validate(cfg) -> None:

@@ -76,10 +76,24 @@ def _probe(p: argparse.ArgumentParser, full: bool) -> None:
 
 def _semi(p: argparse.ArgumentParser) -> None:
     _probe(p, full=False)
+    g = p.add_argument_group("semi-supervised protocol")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--fast", dest="full", action="store_false", default=False,
+                   help="(default) the cached-feature probe on each subset")
+    m.add_argument("--full", dest="full", action="store_true",
+                   help="DisCo's main_lincls_semi.py: a linear layer on the frozen backbone, RRC+flip every "
+                        "epoch, SGD lr 3.0 x0.5 at --milestones, on each --subset's images")
+    g.add_argument("--milestones", type=int, nargs="*", default=[60, 80], help="--full: epochs where lr x --gamma")
+    g.add_argument("--gamma", type=float, default=0.5)
     g = p.add_argument_group("semi-supervised subsets")
-    g.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1], help="label fractions")
-    g.add_argument("--subset-file", action="append", default=[], metavar="FILE",
-                   help="file of train sample indices/keys, one per line (repeatable; replaces --fractions)")
+    g.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1],
+                   help="fast mode: seeded class-balanced label fractions")
+    g.add_argument("--subset", "--subset-file", dest="subset_file", action="append", default=[], metavar="FILE",
+                   help="label subset: SimCLR's 1percent.txt / 10percent.txt (one image file name per line) or "
+                        "sample indices / keys (repeatable; replaces --fractions; required with --full)")
+    g.add_argument("--subset-source", metavar="SRC",
+                   help="where --subset file names are looked up: the SRC prepare-data read for --train "
+                        "(default: the path its manifest records)")
 
 
 def _knn(p: argparse.ArgumentParser) -> None:
@@ -180,8 +194,11 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("give --val DATA, or --holdout F to hold out part of --train")
     if args.holdout and not 0 < args.holdout < 1:
         raise UsageError(f"--holdout must be in (0, 1), got {args.holdout}")
-    if args.holdout and args.protocol == "linear" and args.full:
+    if args.holdout and args.protocol in ("linear", "semi") and args.full:
         raise UsageError("--holdout works with cached features only; --full needs --val")
+    if args.protocol == "semi" and args.full and not args.subset_file:
+        raise UsageError("eval semi --full trains on published label subsets: give --subset FILE (e.g. SimCLR's "
+                         "1percent.txt / 10percent.txt)")
     manifests = {}
     if args.protocol == "ssld":
         manifests["val"] = read_manifest(args.val or args.train, "val" if args.val else "train", False)
@@ -210,11 +227,11 @@ def main(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         lb.module.to(memory_format=torch.channels_last)
     progress = not args.no_progress
-    result = {"ssld": _ssld, "linear": _linear, "knn": _cached, "semi": _cached}[args.protocol](
-        args, lb, device, dtype, progress)
+    run = {"ssld": _ssld, "linear": _linear, "knn": _cached, "semi": _semi_full if args.full else _cached}
+    result = run[args.protocol](args, lb, device, dtype, progress)
     out = Path(args.out) if args.out else default_out(lb, args)
     record = {
-        "protocol": args.protocol + ("" if args.protocol != "linear" else ("" if args.full else "_fast")),
+        "protocol": protocol_name(args),
         **result,
         "model": {"name": lb.name, "kind": lb.kind, "source": lb.source, "num_classes": lb.num_classes,
                   **{k: v for k, v in lb.meta.items() if k not in ("config", "provenance")}},
@@ -248,8 +265,17 @@ def default_resolution(lb) -> int:
         return 224
 
 
+def protocol_name(args) -> str:
+    """linear (the DisCo protocol) / linear_fast; semi (the fast probe, as before) / semi_full."""
+    if args.protocol == "linear":
+        return "linear" if args.full else "linear_fast"
+    if args.protocol == "semi":
+        return "semi_full" if args.full else "semi"
+    return args.protocol
+
+
 def default_out(lb, args) -> Path:
-    name = args.protocol + ("_fast" if args.protocol == "linear" and not args.full else "")
+    name = protocol_name(args)
     if lb.run_dir:
         return Path(lb.run_dir) / "eval" / f"{name}.json"
     src = Path(lb.source)
@@ -260,9 +286,9 @@ def summary_line(r: dict) -> str:
     def pct(v):
         return "n/a" if v is None else f"{v:.2f}"
 
-    if r["protocol"] == "semi":
+    if r["protocol"] in ("semi", "semi_full"):
         parts = [f"{k}: top1 {pct(v['top1'])}" for k, v in r["subsets"].items()]
-        return f"semi  {r['model']['name']}  " + "  ".join(parts)
+        return f"{r['protocol']}  {r['model']['name']}  " + "  ".join(parts)
     if r["protocol"] == "ssld":
         return (f"ssld  {r['model']['name']}  top1 {pct(r['top1'])}  top5 {pct(r['top5'])}  "
                 f"agreement {pct(r['agreement_top1'])}")
@@ -331,16 +357,31 @@ def _probe_kwargs(args) -> dict:
                 optimizer=args.optimizer, standardize=not args.no_standardize)
 
 
+def _subsets(args) -> dict[str, list[int]]:
+    """--subset files -> {file stem: sample indices of --train} (evaluation.subset_lists)."""
+    from fastdisco.evaluation.subset_lists import subset_indices
+
+    return {Path(f).stem: subset_indices(f, args.train, args.subset_source) for f in args.subset_file}
+
+
 def _semi(args, xt, yt, it, xv, yv, C, progress) -> dict:
-    from fastdisco.evaluation.semi import positions_of, read_subset_file, semi_eval
+    from fastdisco.evaluation.semi import positions_of, semi_eval
 
     subsets = None
     if args.subset_file:
-        subsets = {Path(f).stem: positions_of(it, read_subset_file(f)) for f in args.subset_file}
+        subsets = {name: positions_of(it, idx) for name, idx in _subsets(args).items()}
     res = semi_eval(xt, yt, xv, yv, fractions=args.fractions, seed=args.seed, subsets=subsets, train_indices=it,
                     num_classes=C,
                     progress=progress, **_probe_kwargs(args))
     return {"subsets": res}
+
+
+def _epoch_log(args):
+    """The protocols' per-epoch line, printed when the progress bar is off."""
+    def log(epoch, row):
+        if args.no_progress:
+            print(f"epoch {epoch}/{args.epochs}  loss {row['loss']:.4f}  lr {row['lr']:.4g}", flush=True)
+    return log
 
 
 def _linear(args, lb, device, dtype, progress) -> dict:
@@ -360,15 +401,28 @@ def _linear(args, lb, device, dtype, progress) -> dict:
     C = _num_classes(args, lb) or int(getattr(train, "num_classes", 0) or 0)
     if not C:
         raise FastdiscoError(f"cannot tell the number of classes of {args.train}")
-
-    def log(epoch, row):
-        if args.no_progress:
-            print(f"epoch {epoch}/{args.epochs}  loss {row['loss']:.4f}  lr {row['lr']:.4g}", flush=True)
-
+    log = _epoch_log(args)
     return linear_probe_protocol(lb.module, train, val, num_classes=C, epochs=args.epochs,
                                  lr=3.0 if args.lr is None else args.lr, momentum=args.momentum,
                                  weight_decay=args.wd, milestones=args.milestones, gamma=args.gamma,
                                  device=device, amp_dtype=dtype, seed=args.seed, progress=progress, log=log)
+
+
+def _semi_full(args, lb, device, dtype, progress) -> dict:
+    """DisCo's semi-supervised protocol on each --subset (evaluation.semi.semi_protocol)."""
+    from fastdisco.evaluation.semi import semi_protocol
+
+    subsets = _subsets(args)
+    train = build_loader(args.train, "linear", args, device, dtype)
+    val = build_loader(args.val, "eval", args, device, dtype)
+    C = _num_classes(args, lb) or int(getattr(train, "num_classes", 0) or 0)
+    if not C:
+        raise FastdiscoError(f"cannot tell the number of classes of {args.train}")
+    res = semi_protocol(lb.module, train, val, subsets, num_classes=C, epochs=args.epochs,
+                        lr=3.0 if args.lr is None else args.lr, milestones=args.milestones, gamma=args.gamma,
+                        momentum=args.momentum, weight_decay=args.wd, device=device, amp_dtype=dtype,
+                        seed=args.seed, progress=progress, log=_epoch_log(args))
+    return {"subsets": res}
 
 
 def _ssld(args, lb, device, dtype, progress) -> dict:

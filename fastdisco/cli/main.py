@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fastdisco.cli.train", "train a student: mocov2 | disco | ssld | supervised"),
     "eval": ("fastdisco.cli.eval", "linear probe, kNN, semi-supervised and SSLD evaluation"),
     "export": ("fastdisco.cli.export", "export the student backbone as timm-loadable safetensors (+ ONNX)"),
+    "convert-teacher": ("fastdisco.cli.convert_teacher", "convert a teacher from another framework (PaddleClas .pdparams) to timm weights"),
     "mine": ("fastdisco.cli.mine", "SSLD unlabeled-data mining: teacher top-k per class, near-duplicates removed"),
     "demo": ("fastdisco.cli.demo", "the quickstart: prepare Fashion-MNIST, train teacher + students, evaluate"),
 }

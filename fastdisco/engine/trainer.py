@@ -16,6 +16,7 @@ Optimizers without on-device skipping (foreach fallback) check the flag on the h
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fastdisco.config import save_yaml, to_dict, validate
+from fastdisco.config import decay_norm_bias, save_yaml, to_dict, validate
 from fastdisco.distributed import all_reduce_mean, cleanup, init_distributed
 from fastdisco.engine.checkpoint import FORMAT, CheckpointManager, StopSignal, rng_state, set_rng_state
 from fastdisco.engine.metrics import MetricsLogger
@@ -53,6 +54,10 @@ def build_models(cfg, method_cls, teacher=None, device="cpu", mem=torch.contiguo
     encoder (build_method) are re-seeded after the teacher for the same reason."""
     torch.manual_seed(cfg.train.seed)
     student = build_student(cfg.model, cfg.method.name).to(device, memory_format=mem)
+    if cfg.model.init_ckpt:  # weights only, before the key encoder copies the student (models/init_weights.py)
+        from fastdisco.models.init_weights import init_student
+
+        init_student(student, cfg.model.init_ckpt)
     if teacher is None and method_cls.needs_teacher:
         from fastdisco.models.teacher import load_teacher
 
@@ -112,7 +117,8 @@ class Trainer:
         self.global_batch = cfg.data.batch_size * self.world * self.accum
         self._build_models(method_cls, teacher)
         lr = scaled_lr(oc, self.global_batch)
-        self.optimizer = build_optimizer(oc, self.student, self.device, lr)
+        self.optimizer = build_optimizer(dataclasses.replace(oc, decay_norm_bias=decay_norm_bias(cfg)),
+                                         self.student, self.device, lr)  # "auto" -> the method's recipe
         self.schedule = cosine_schedule(lr, self.total, round(oc.warmup_epochs * steps_per_epoch),
                                         oc.min_lr_ratio).tolist()
         self.on_device_skip = supports_found_inf(self.optimizer)
@@ -157,6 +163,9 @@ class Trainer:
     def _resume(self) -> None:
         if not (self.cfg.train.resume and self.ckpt.exists()):
             self.loader.set_epoch(self.epoch)
+            if self.cfg.model.init_ckpt and self.main:
+                print(f"fastdisco train: student weights from {self.cfg.model.init_ckpt}; optimizer, schedule "
+                      "and step start fresh")
             return
         state = self.ckpt.load()
         self.student.load_state_dict(state["student"])

@@ -1,10 +1,20 @@
-"""Semi-supervised evaluation: the linear probe trained on a class-balanced 1% / 10% subset of
-the labelled train set (as in SimCLR / DisCo), evaluated on the full val set.
+"""Semi-supervised evaluation: a linear classifier trained on a 1% / 10% label subset of the
+train set (as in SimCLR / DisCo), evaluated on the full val set.
 
-Subsets are drawn per class with a seeded permutation: each class keeps round(fraction * n_c)
-samples, at least one. They can also be given as a file of sample indices (manifest order) or
-sample keys (`%09d`), one per line, e.g. to reuse the published ImageNet 1% / 10% lists after
-mapping them to indices.
+Two modes:
+- `semi_eval` (fast, the default of `fastdisco eval semi`): the cached-feature probe
+  (linear.linear_probe_fast) on each subset.
+- `semi_protocol` (`fastdisco eval semi --full`): DisCo's `main_lincls_semi.py`. Like its linear
+  evaluation, it trains only a new linear layer on the frozen backbone in eval mode (the script
+  sets requires_grad=False on everything but fc / classifier): SGD momentum 0.9, wd 0, lr 3.0
+  (Reproduction.md's command; the script's default is 30), x0.5 at epochs 60 and 80, 100 epochs,
+  batch 256, RandomResizedCrop + flip every epoch, on the subset's images only; validation resize
+  + center crop on the whole val set.
+
+Subsets are SimCLR's published lists (`1percent.txt` / `10percent.txt`, one file name per line;
+mapped to samples by evaluation.subset_lists) or files of sample indices / keys; or, fast mode
+only, drawn per class with a seeded permutation: each class keeps round(fraction * n_c)
+samples, at least one.
 """
 from __future__ import annotations
 
@@ -96,3 +106,24 @@ def _draw(labels: torch.Tensor, indices: torch.Tensor | None, fraction: float, s
     first.scatter_reduce_(0, inverse, torch.arange(labels.numel(), device=labels.device), reduce="amin")
     chosen = uniq[balanced_subset(labels[first], fraction, seed=seed).to(uniq.device)]
     return torch.nonzero(torch.isin(indices, chosen)).flatten()
+
+
+DISCO_SEMI_MILESTONES = (60, 80)  # main_lincls_semi.py --schedule default
+
+
+def semi_protocol(backbone, train_loader, val_loader, subsets: dict[str, Sequence[int]], *, num_classes: int,
+                  epochs: int = 100, lr: float = 3.0, milestones: Sequence[int] = DISCO_SEMI_MILESTONES,
+                  gamma: float = 0.5, **protocol_kwargs) -> dict:
+    """{name: linear_probe_protocol result + num_labelled} for each subset (sample indices) of
+    `train_loader`'s dataset; the loader (recipe `linear`) is restricted to each subset in turn."""
+    from fastdisco.evaluation.linear import linear_probe_protocol
+
+    out = {}
+    for name, indices in subsets.items():
+        train_loader.restrict_to(indices)
+        res = linear_probe_protocol(backbone, train_loader, val_loader, num_classes=num_classes, epochs=epochs,
+                                    lr=lr, milestones=milestones, gamma=gamma, **protocol_kwargs)
+        res["num_labelled"] = int(len(train_loader.subset))
+        res["settings"]["mode"] = "disco_semi"
+        out[name] = res
+    return out

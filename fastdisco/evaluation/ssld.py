@@ -2,11 +2,15 @@
 
 - top-1 / top-5 of the student's own logits against the labels, where labels exist (>= 0);
 - agreement: how often the student's top-1 class equals the teacher's top-1 class (all samples,
-  labelled or not), the quantity SSLD's label-free distillation optimises for.
+  labelled or not), the quantity SSLD's label-free distillation optimises for. The teacher runs
+  with its stored BN statistics (eval mode) here, even when it was built for training with BN in
+  train mode (`model.teacher_bn: train`, which `Teacher.eval()` keeps): an evaluation number must
+  not depend on which images share a batch.
 Counts are accumulated on the device and read once at the end.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable
 
 import torch
@@ -27,8 +31,30 @@ def ssld_eval(student: nn.Module, loader: Iterable, *, teacher: nn.Module | None
         device = next(student.parameters()).device
     device = torch.device(device)
     student.eval()
-    if teacher is not None:
-        teacher.eval()
+    with contextlib.ExitStack() as stack:
+        if teacher is not None:
+            teacher.eval()
+            stack.enter_context(bn_eval(teacher))
+        return _run(student, loader, teacher, device, amp_dtype, progress)
+
+
+@contextlib.contextmanager
+def bn_eval(module: nn.Module):
+    """Every BatchNorm of `module` in eval mode (stored statistics) inside the block, whatever
+    `module.train()` / `.eval()` do (a fastdisco Teacher keeps its configured BN mode), restored after."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    modes = [m.training for m in bns]
+    for m in bns:
+        m.train(False)
+    try:
+        yield module
+    finally:
+        for m, mode in zip(bns, modes):
+            m.train(mode)
+
+
+def _run(student: nn.Module, loader: Iterable, teacher: nn.Module | None, device: torch.device,
+         amp_dtype: torch.dtype | None, progress: bool) -> dict:
     correct = torch.zeros(2, dtype=torch.long, device=device)
     labelled = torch.zeros((), dtype=torch.long, device=device)
     agree = torch.zeros((), dtype=torch.long, device=device)

@@ -66,6 +66,13 @@ def rank_plan(n: int, batch_size: int, world_size: int, rank: int, drop_last: bo
     return order[mine].reshape(nb, batch_size), valid[mine].reshape(nb, batch_size)
 
 
+def subset_plan(subset: np.ndarray, batch_size: int, world_size: int, rank: int, drop_last: bool,
+                seed: int, epoch: int, shuffle: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """rank_plan over the samples `subset` (sorted sample indices) only."""
+    idx, valid = rank_plan(len(subset), batch_size, world_size, rank, drop_last, seed, epoch, shuffle)
+    return subset[idx], valid
+
+
 def num_batches(n: int, batch_size: int, world_size: int, drop_last: bool) -> int:
     per_step = batch_size * world_size
     return n // per_step if drop_last else -(-n // per_step)
@@ -97,11 +104,25 @@ class BaseLoader:
         self.epoch = 0
         self.batch = 0
         self._out_pool: ViewPool | None = None  # reused CPU output batches (_to_batch)
+        self.subset: np.ndarray | None = None  # restrict_to(): the epochs draw from these samples only
         self.plan(0)  # a one-line error now if the data cannot fill one global batch
 
     # ---------------------------------------------------------------- contract
     def __len__(self) -> int:
-        return num_batches(self.num_samples, self.cfg.batch_size, self.world_size, self.cfg.drop_last)
+        n = self.num_samples if self.subset is None else len(self.subset)
+        return num_batches(n, self.cfg.batch_size, self.world_size, self.cfg.drop_last)
+
+    def restrict_to(self, indices) -> None:
+        """Every epoch's plan draws from these sample indices only (a label subset such as SimCLR's
+        1% of ImageNet): order, sharding, augmentation seeds and resume work as over the whole set.
+        Restarts the position at batch 0 of the current epoch (and the workers, if running)."""
+        sub = np.unique(np.asarray(indices, dtype=np.int64))
+        if sub.size == 0 or sub[0] < 0 or sub[-1] >= self.num_samples:
+            raise FastdiscoError(f"subset of {self.cfg.path}: sample indices must be in [0, {self.num_samples}) "
+                                 f"and at least one, got {sub.size} from {sub[:1].tolist()} to {sub[-1:].tolist()}")
+        self.close()
+        self.subset, self.batch = sub, 0
+        self.plan(self.epoch)  # a one-line error now if the subset cannot fill one global batch
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -126,6 +147,9 @@ class BaseLoader:
         """plan(epoch) as a plain function that does not hold this loader: for the workers and
         pipeline callbacks the loader itself holds (no reference cycle keeps a dropped loader's
         workers alive until the garbage collector runs)."""
+        if self.subset is not None:
+            return functools.partial(subset_plan, self.subset, self.cfg.batch_size, self.world_size, self.rank,
+                                     self.cfg.drop_last, self.cfg.seed, shuffle=self.shuffle)
         return functools.partial(rank_plan, self.num_samples, self.cfg.batch_size, self.world_size, self.rank,
                                  self.cfg.drop_last, self.cfg.seed, shuffle=self.shuffle)
 

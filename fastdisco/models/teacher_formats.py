@@ -19,6 +19,10 @@ Formats (after unwrapping a container dict and stripping DDP's `module.` prefix)
   fastdisco  our own checkpoint (docs/design.md section 4): `student` = `backbone.*` + `head.*`
   timm       a plain timm / torchvision state dict (no projection head)
   safetensors  a `.safetensors` file; its keys are then detected like any other dict
+  paddle     a PaddleClas ResNet50_vd `.pdparams` file (SSLD's ResNet50_vd_ssld teacher), read
+             without executing code and mapped to timm `resnet50d` (fastdisco.models.paddle_convert)
+SwAV's wide ResNet-50s are the timm names `resnet50w2` / `resnet50w4` (fastdisco.models.swav_resnet;
+RN50w2's projection head is 4096-8192-128: set model.teacher_proj_hidden to 8192).
 """
 from __future__ import annotations
 
@@ -29,7 +33,11 @@ from typing import Any
 
 from fastdisco.errors import FastdiscoError
 
-FORMATS = ("auto", "timm", "mocov2", "swav", "byol", "dino", "fastdisco", "safetensors")
+FORMATS = ("auto", "timm", "mocov2", "swav", "byol", "dino", "fastdisco", "safetensors", "paddle")
+
+
+class PaddleParams(dict):
+    """A Paddle parameter file's `{name: numpy array}` (read_checkpoint of a .pdparams)."""
 
 # Containers in which training scripts nest the weights, tried in this order.
 _CONTAINERS = ("state_dict", "model", "online_network_state_dict", "teacher", "model_state_dict", "net")
@@ -55,6 +63,10 @@ def read_checkpoint(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise FastdiscoError(f"teacher checkpoint not found: {p}")
+    if p.suffix == ".pdparams":
+        from fastdisco.models.paddle_convert import read_pdparams
+
+        return PaddleParams(read_pdparams(p))
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -178,6 +190,12 @@ def convert(obj: Any, fmt: str = "auto") -> Converted:
     """Convert a loaded checkpoint to canonical form; `fmt` = "auto" detects the layout."""
     if fmt not in FORMATS:
         raise FastdiscoError(f"unknown teacher format '{fmt}' (known: {', '.join(FORMATS)})")
+    if isinstance(obj, PaddleParams) or fmt == "paddle":
+        if not isinstance(obj, PaddleParams):
+            raise FastdiscoError("teacher format 'paddle' reads PaddleClas .pdparams files; this checkpoint is not one")
+        from fastdisco.models.paddle_convert import paddle_to_timm
+
+        return Converted("paddle", paddle_to_timm(obj), {}, "relu", False, [], "resnet50d")
     if isinstance(obj, dict) and (obj.get("format") == "fastdisco-ckpt-v1" or fmt == "fastdisco") \
             and isinstance(obj.get("student"), dict):
         aside = [k for k in obj if k != "student"]
