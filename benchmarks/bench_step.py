@@ -82,7 +82,7 @@ def build_setup(cfg: Config, device: torch.device, teacher: nn.Module | None = N
     (same seeding order). `teacher` defaults to `random_teacher` when the method needs one."""
     from fastdisco.models.methods import METHODS
     from fastdisco.engine.optim import build_optimizer, scaled_lr, supports_found_inf
-    from fastdisco.engine.trainer import build_models, setup_determinism
+    from fastdisco.engine.trainer import build_models, compile_options, setup_determinism
 
     setup_determinism(cfg.train.deterministic)
     cls = METHODS[cfg.method.name]
@@ -95,7 +95,7 @@ def build_setup(cfg: Config, device: torch.device, teacher: nn.Module | None = N
     torch.manual_seed(cfg.train.seed)  # the Trainer: seed + rank, rank 0 here
     optimizer = build_optimizer(cfg.optim, student, device, scaled_lr(cfg.optim, cfg.data.batch_size))
     if cfg.train.compile:
-        method.compile_parts()
+        method.compile_parts(**compile_options(cfg.train))
     view_dtype = torch.bfloat16 if (amp_dtype is not None and device.type == "cuda") else torch.float32
     return StepSetup(cfg, device, method, optimizer, amp_dtype, view_dtype, mem, supports_found_inf(optimizer))
 

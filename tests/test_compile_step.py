@@ -1,0 +1,66 @@
+"""The training step as the Trainer compiles it (Method.compile_parts: student, key encoder and
+teacher each through torch.compile, forward and backward) has no graph break and does not
+recompile at a fixed batch size after the second step.
+
+Backend "aot_eager": graph breaks and recompiles are decided by Dynamo before any backend runs,
+and AOTAutograd traces the backward graph as inductor would; inductor's C++ code generation for
+three networks takes minutes on a 2-core CPU and adds nothing to what is checked here."""
+import contextlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch._dynamo.backends.debugging import aot_eager
+from torch._dynamo.utils import counters
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+from train_utils import TinyLoader, tiny_cfg  # noqa: E402
+
+
+class CountingBackend:
+    """aot_eager that counts the graphs handed to it (one per compile or recompile)."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        return aot_eager(gm, example_inputs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", ["test_efficientnet"])
+def test_disco_step_compiles_fullgraph_without_recompiles(tmp_path, student, monkeypatch):
+    from bench_step import random_teacher
+    from fastdisco.distributed import DistInfo
+    from fastdisco.engine.trainer import Trainer
+
+    torch._dynamo.reset()
+    counters.clear()
+    # bf16 autocast, channels_last, grouped BN (shuffle_bn_group=4 of 8): the Trainer's settings
+    cfg = tiny_cfg(tmp_path, "disco", model={"student": student, "teacher": "test_resnet"},
+                   train={"compile": True, "precision": "bf16", "channels_last": True, "deterministic": False})
+    backend = CountingBackend()
+    from fastdisco.models.methods import Method
+
+    real = Method.compile_parts
+    # The Trainer's own call (compile_options(cfg.train)), plus fullgraph and the counting backend.
+    monkeypatch.setattr(Method, "compile_parts",
+                        lambda self, **o: real(self, **{**o, "fullgraph": True, "backend": backend}))
+    with contextlib.ExitStack() as owned:
+        tr = Trainer(cfg, DistInfo(), owned, TinyLoader(), random_teacher(cfg.model, "embedding"))
+        assert tr.method.run_student is not tr.student  # compiled by the Trainer itself
+        tr._it = iter(tr.loader)
+        tr.step()
+        tr.step()
+        after_two = backend.graphs, counters["stats"]["unique_graphs"]
+        for _ in range(3):
+            tr.step()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    # Student.forward with grad (both views share it) and without (the key encoder: same code,
+    # other grad mode), Teacher.forward: three graphs, and none added after the second step
+    assert after_two[1] == 3 and after_two[0] >= 2, after_two
+    assert (backend.graphs, counters["stats"]["unique_graphs"]) == after_two, "recompiled after the second step"
+    assert tr.step_no == 5 and int(tr.n_bad) == 0
