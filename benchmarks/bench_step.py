@@ -152,11 +152,30 @@ def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, step
     return out
 
 
-def count_flops(s: StepSetup, batch) -> int:
-    """FLOPs of one training step (forward + backward; matmuls and convolutions, as counted by
-    torch.utils.flop_counter) on the eager modules, since compiled graphs hide their ops."""
+def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                       _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of aten.convolution_backward, grouped convolutions included: the input gradient
+    (a transposed convolution of grad_out with the weight) and the weight gradient (a convolution
+    of the input with grad_out) each do the forward's multiply-adds. torch.utils.flop_counter's own
+    formula counts the weight gradient as if groups were 1, G times too many (a depthwise conv's
+    backward came out ~C/2 times its forward)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    fwd = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)  # w_shape: C_in/G (or C_out/G)
+    return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def flop_counter():
+    """torch.utils.flop_counter.FlopCounterMode with the grouped-convolution backward fixed."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop})
+
+
+def count_flops(s: StepSetup, batch) -> int:
+    """FLOPs of one training step (forward + backward; matmuls and convolutions, as counted by
+    torch.utils.flop_counter, with `conv_backward_flop` for grouped convolutions) on the eager
+    modules, since compiled graphs hide their ops."""
     m = s.method
     saved = {k: getattr(m, k) for k in ("run_student", "run_key", "run_teacher") if hasattr(m, k)}
     m.run_student = m.student
@@ -165,7 +184,7 @@ def count_flops(s: StepSetup, batch) -> int:
     if saved.get("run_teacher") is not None:
         m.run_teacher = m.teacher
     try:
-        with FlopCounterMode(display=False) as fc:
+        with flop_counter() as fc:
             with s.autocast():
                 loss, _ = m.step(batch)
             loss.backward()
