@@ -64,3 +64,64 @@ def test_disco_step_compiles_fullgraph_without_recompiles(tmp_path, student, mon
     assert after_two[1] == 3 and after_two[0] >= 2, after_two
     assert (backend.graphs, counters["stats"]["unique_graphs"]) == after_two, "recompiled after the second step"
     assert tr.step_no == 5 and int(tr.n_bad) == 0
+
+
+def _graphs_after(fn, inputs: list) -> int:
+    """How many graphs `fn` compiles to (fullgraph) over calls on `inputs`."""
+    torch._dynamo.reset()
+    counters.clear()
+    backend = CountingBackend()
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    for x in inputs:
+        compiled(x)
+    return backend.graphs
+
+
+def test_queue_enqueue_is_capturable_in_place():
+    """CUDA-graph capture needs fixed addresses and no Python-side state that changes per step:
+    the queue writes in place into one buffer and its write pointer is a device tensor, so the
+    enqueue traces to one graph that serves every step (a Python int pointer would be baked in
+    as a constant and recompile each step) and wraps around like the eager one."""
+    from fastdisco.models.student import KeyQueue
+
+    torch.manual_seed(0)
+    q, ref = KeyQueue(20, 8), KeyQueue(20, 8)
+    ref.load_state_dict(q.state_dict())
+    addr = q.keys.data_ptr()
+    ks = [torch.randn(6, 8) for _ in range(5)]  # 30 keys into 20 slots: wraps around
+
+    graphs = _graphs_after(q.enqueue, ks)
+    for k in ks:
+        ref.enqueue(k)
+    assert graphs == 1 and not counters["graph_break"]
+    assert q.keys.data_ptr() == addr and isinstance(q.ptr, torch.Tensor)
+    assert torch.equal(q.keys, ref.keys) and int(q.ptr) == 30 % 20
+
+
+def test_ema_update_is_capturable_in_place():
+    from fastdisco.models.student import ema_update, make_key_encoder
+
+    student = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    key = make_key_encoder(student)
+    addrs = [p.data_ptr() for p in key.parameters()]
+    graphs = _graphs_after(lambda m: ema_update(key, student, m), [0.99] * 3)
+    assert graphs == 1 and not counters["graph_break"]
+    assert [p.data_ptr() for p in key.parameters()] == addrs
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    from fastdisco.config import TrainConfig, UsageError, apply_overrides, Config
+    from fastdisco.engine.trainer import compile_options
+    from fastdisco.models.methods import MoCoV2
+
+    assert compile_options(TrainConfig()) == {}
+    assert compile_options(TrainConfig(compile_mode="reduce-overhead")) == {"mode": "reduce-overhead"}
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    m = MoCoV2.__new__(MoCoV2)
+    torch.nn.Module.__init__(m)
+    m.run_student, m.teacher, m.key_encoder = torch.nn.Identity(), None, torch.nn.Identity()
+    m.compile_parts(mode="max-autotune")
+    assert seen == [{"mode": "max-autotune"}] * 2  # student and key encoder
+    with pytest.raises(UsageError, match="train.compile_mode"):
+        apply_overrides(Config(), {"train": {"compile_mode": "cudagraphs"}})

@@ -132,6 +132,7 @@ class Trainer:
         self.ddp = self.method.prepare_distributed(self.device) if self.world > 1 else None
         if tc.compile:
             self.method.compile_parts(**compile_options(tc))
+        self.cuda_graphs = tc.compile and tc.compile_mode != "default" and self.device.type == "cuda"
         # device-side counters of non-finite steps: read only at the logging cadence
         self.n_bad = torch.zeros((), device=self.device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -229,6 +230,8 @@ class Trainer:
         """One optimizer step over `grad_accum` loader batches; a non-finite loss or gradient skips
         the update on the device (no host sync), counted for the next logging step."""
         oc = self.cfg.optim
+        if self.cuda_graphs:  # the previous step's graph outputs are dead: their memory may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         for g in self.optimizer.param_groups:
             g["lr"] = self.schedule[self.step_no]
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
