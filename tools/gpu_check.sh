@@ -31,7 +31,7 @@ if [ "$DRY" = 1 ]; then
   mkdir -p "$LOGS/nodeps"
   printf 'import sys\nsys.modules["ffcv"] = None\nsys.modules["nvidia.dali"] = None\n' > "$LOGS/nodeps/sitecustomize.py"
   export PYTHONPATH="$LOGS/nodeps:$PYTHONPATH" TRITON_INTERPRET=1
-  T_TESTS=${GPU_CHECK_T_TESTS:-240}; T_LOSSES=120; T_TPUT=300
+  T_TESTS=240; T_LOSSES=120; T_TPUT=300
   TESTS=(-m gpu tests/test_host_syncs.py tests/test_benchmarks.py)
   LOSSES=(--quick --impls torch --iters 2)
   TPUT=(--device cpu --synthetic 16 --batch 8 --workers 1 --resolution 64 --teacher test_resnet
