@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="comma list of losses (infonce,embedding_distill,symmetric_kl,soft_ce)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--no-save", action="store_true", help="print only, append no rows")
+    p.add_argument("--results-dir", default=None, help="where losses.jsonl is appended (default benchmarks/results)")
     args = p.parse_args(argv)
 
     import torch
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 + (f"  peak +{mem:9.1f} MiB" if mem is not None else "") if "error" not in row else row["error"]),
                 flush=True)
     if not args.no_save:
-        print("appended to", append_rows("losses", rows))
+        print("appended to", append_rows("losses", rows, args.results_dir))
     if args.plot:
         ok = [r for r in rows if "error" not in r]
         if ok:

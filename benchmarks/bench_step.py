@@ -82,7 +82,7 @@ def build_setup(cfg: Config, device: torch.device, teacher: nn.Module | None = N
     (same seeding order). `teacher` defaults to `random_teacher` when the method needs one."""
     from fastdisco.models.methods import METHODS
     from fastdisco.engine.optim import build_optimizer, scaled_lr, supports_found_inf
-    from fastdisco.engine.trainer import build_models, setup_determinism
+    from fastdisco.engine.trainer import build_models, compile_options, setup_determinism
 
     setup_determinism(cfg.train.deterministic)
     cls = METHODS[cfg.method.name]
@@ -95,7 +95,7 @@ def build_setup(cfg: Config, device: torch.device, teacher: nn.Module | None = N
     torch.manual_seed(cfg.train.seed)  # the Trainer: seed + rank, rank 0 here
     optimizer = build_optimizer(cfg.optim, student, device, scaled_lr(cfg.optim, cfg.data.batch_size))
     if cfg.train.compile:
-        method.compile_parts()
+        method.compile_parts(**compile_options(cfg.train))
     view_dtype = torch.bfloat16 if (amp_dtype is not None and device.type == "cuda") else torch.float32
     return StepSetup(cfg, device, method, optimizer, amp_dtype, view_dtype, mem, supports_found_inf(optimizer))
 
@@ -152,11 +152,30 @@ def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, step
     return out
 
 
-def count_flops(s: StepSetup, batch) -> int:
-    """FLOPs of one training step (forward + backward; matmuls and convolutions, as counted by
-    torch.utils.flop_counter) on the eager modules, since compiled graphs hide their ops."""
+def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                       _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of aten.convolution_backward, grouped convolutions included: the input gradient
+    (a transposed convolution of grad_out with the weight) and the weight gradient (a convolution
+    of the input with grad_out) each do the forward's multiply-adds. torch.utils.flop_counter's own
+    formula counts the weight gradient as if groups were 1, G times too many (a depthwise conv's
+    backward came out ~C/2 times its forward)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    fwd = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)  # w_shape: C_in/G (or C_out/G)
+    return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def flop_counter():
+    """torch.utils.flop_counter.FlopCounterMode with the grouped-convolution backward fixed."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop})
+
+
+def count_flops(s: StepSetup, batch) -> int:
+    """FLOPs of one training step (forward + backward; matmuls and convolutions, as counted by
+    torch.utils.flop_counter, with `conv_backward_flop` for grouped convolutions) on the eager
+    modules, since compiled graphs hide their ops."""
     m = s.method
     saved = {k: getattr(m, k) for k in ("run_student", "run_key", "run_teacher") if hasattr(m, k)}
     m.run_student = m.student
@@ -165,7 +184,7 @@ def count_flops(s: StepSetup, batch) -> int:
     if saved.get("run_teacher") is not None:
         m.run_teacher = m.teacher
     try:
-        with FlopCounterMode(display=False) as fc:
+        with flop_counter() as fc:
             with s.autocast():
                 loss, _ = m.step(batch)
             loss.backward()

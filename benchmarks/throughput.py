@@ -72,11 +72,17 @@ def make_synthetic(root: Path, n: int) -> tuple[Path, Path]:
     classes = 4
     src = write_synthetic_folder(root / "src", num_classes=classes, per_class=max(1, n // classes),
                                  size=(375, 500), ext="jpg")
-    import importlib.util
-
-    formats = ("ffcv", "dali") if importlib.util.find_spec("ffcv") else ("dali",)  # the GPU machine lacks ffcv
+    formats = ("ffcv", "dali") if _importable("ffcv") else ("dali",)  # the GPU machine may lack ffcv
     prepare_dataset(src, root / "prepared", formats=formats, workers=2, max_side=512, quality=90)
     return src, root / "prepared"
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+        return True
+    except ImportError:
+        return False
 
 
 def official_baseline_loader(src: Path, batch: int, workers: int, res: int, views: int = 2,

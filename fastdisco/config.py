@@ -126,6 +126,8 @@ class TrainConfig:
     precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype (CUDA and CPU); fp32 = off
     channels_last: bool = True
     compile: bool = True                # torch.compile the student, key encoder and teacher separately
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # torch.compile mode;
+                                        # reduce-overhead = CUDA graphs (small per-GPU batches)
     deterministic: bool = False         # torch.use_deterministic_algorithms, no cudnn autotuning
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"  # under torchrun; auto = nccl on CUDA

@@ -143,6 +143,37 @@ def test_flop_count_matches_analytic_linear_model():
     assert count_flops(s, torch.randn(8, 16)) == 2 * (2 * 8 * 16 * 4)
 
 
+def test_flop_count_of_grouped_and_depthwise_convs_matches_a_hand_count():
+    """A stem conv, a depthwise 3x3 and a grouped 1x1 (groups=4), counted by count_flops against
+    2 * N * H * W * C_out * (C_in / groups) * k * k per pass: forward once, the weight gradient
+    once, and the input gradient once where the input needs one (not for the image batch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench_step import count_flops
+
+    class Stub:
+        pass
+
+    n, h, w = 2, 16, 16
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False),
+                              torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+                              torch.nn.Conv2d(8, 16, 1, groups=4, bias=False))
+    m = Stub()
+    m.student, m.run_student = net, net
+    m.step = lambda batch: (m.run_student(batch).sum(), {})
+    s = Stub()
+    s.method, s.optimizer = m, torch.optim.SGD(net.parameters(), lr=0.1)
+    s.autocast = lambda: torch.autocast("cpu", enabled=False)
+    x = torch.randn(n, 3, h, w)
+    stem = 2 * n * h * w * 8 * 3 * 9
+    depthwise = 2 * n * h * w * 8 * 1 * 9
+    grouped = 2 * n * h * w * 16 * 2 * 1
+    assert count_flops(s, x) == 2 * stem + 3 * depthwise + 3 * grouped
+    with FlopCounterMode(display=False) as plain:  # torch's own count: the weight gradient ignores groups
+        net(x).sum().backward()
+    assert plain.get_total_flops() > count_flops(s, x) + 5 * depthwise
+
+
 def test_peak_table():
     from bench_step import peak_bf16_tflops
 

@@ -65,7 +65,12 @@ def supports_found_inf(opt: torch.optim.Optimizer) -> bool:
 
 class LARS(torch.optim.Optimizer):
     """LARS: g' = g + wd * w; g' *= eta * |w| / |g'| (trust ratio, for groups with lars=True);
-    buf = m * buf + g'; w -= lr * buf. Skips the update on device when `self.found_inf` != 0."""
+    buf = m * buf + g'; w -= lr * buf. Skips the update on device when `self.found_inf` != 0.
+
+    Vectorised: each group is a handful of `torch._foreach_*` kernels over all its tensors (the
+    per-tensor norms in one `_foreach_norm`, the trust ratios as one stacked tensor), not a Python
+    loop of ~10 kernels per parameter. Momentum buffers start at zero (exact: 0 * m + g' = g'),
+    so the update has the same form on every step, also after a skipped first step."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
@@ -75,27 +80,35 @@ class LARS(torch.optim.Optimizer):
     def step(self, closure=None):
         keep = None if self.found_inf is None else (self.found_inf == 0)
         for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad.float()
-                w = p.float()
-                if g["weight_decay"]:
-                    d = d.add(w, alpha=g["weight_decay"])
-                if g["lars"]:
-                    wn, dn = torch.linalg.vector_norm(w), torch.linalg.vector_norm(d)
-                    trust = torch.where((wn > 0) & (dn > 0), g["eta"] * wn / dn, torch.ones_like(wn))
-                    d = d * trust
+            params = [p for p in g["params"] if p.grad is not None]
+            if not params:
+                continue
+            w = [p.float() for p in params]  # no copy for fp32 parameters
+            d = [p.grad.float() for p in params]
+            if g["weight_decay"]:
+                d = torch._foreach_add(d, w, alpha=g["weight_decay"])
+            if g["lars"]:
+                wn = torch.stack(torch._foreach_norm(w))
+                dn = torch.stack(torch._foreach_norm(d))
+                trust = torch.where((wn > 0) & (dn > 0), g["eta"] * wn / dn, torch.ones_like(wn))
+                d = torch._foreach_mul(d, trust.unbind())
+            if keep is not None:  # a skipped step: no update, momentum kept (0 * NaN would be NaN)
+                d = [torch.where(keep, x, 0.0) for x in d]
+            bufs = []
+            for p in params:
                 st = self.state[p]
-                buf = st.get("momentum_buffer")
-                new_buf = d if buf is None else buf.mul(g["momentum"]).add_(d)
-                if keep is not None:
-                    new_buf = torch.where(keep, new_buf, buf if buf is not None else torch.zeros_like(d))
-                    d_step = torch.where(keep, new_buf, torch.zeros_like(new_buf))
-                else:
-                    d_step = new_buf
-                st["momentum_buffer"] = new_buf
-                p.add_(d_step.to(p.dtype), alpha=-g["lr"])
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+                bufs.append(st["momentum_buffer"])
+            if keep is None:
+                torch._foreach_mul_(bufs, g["momentum"])
+            else:  # m on a kept step, 1 on a skipped one (then d is 0): the buffer is unchanged
+                torch._foreach_mul_(bufs, torch.where(keep, g["momentum"], 1.0))
+            torch._foreach_add_(bufs, d)
+            upd = bufs if keep is None else torch._foreach_mul(bufs, keep.float())
+            if any(p.dtype != torch.float32 for p in params):
+                upd = [u.to(p.dtype) for u, p in zip(upd, params)]
+            torch._foreach_add_(params, upd, alpha=-g["lr"])
 
 
 def cosine_schedule(base_lr: float, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0) -> torch.Tensor:

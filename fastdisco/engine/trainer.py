@@ -5,7 +5,10 @@ One optimizer step = `optim.grad_accum` loader batches. The hot loop never waits
 loss parts are summed on the device and fetched every `train.log_every` steps.
 
 Non-finite losses, without a per-step host sync: every step computes a device-side flag
-`found_inf` (loss or clipped grad norm not finite; max-reduced across ranks). The fused SGD/AdamW
+`found_inf` (loss or clipped grad norm not finite). The loss flag is max-reduced across ranks by an
+asynchronous all_reduce issued before backward and waited on only before the optimizer step, so it
+overlaps the backward; the grad-norm flag needs no collective (the gradients are all-reduced
+already, so every rank computes the same norm). The fused SGD/AdamW
 kernels and our LARS read `optimizer.found_inf` and skip the update on the device, so a bad step
 never touches the weights or the optimizer state. The flag is also counted on the device and read
 at the logging cadence (and before every checkpoint, so no checkpoint follows a bad step unseen):
@@ -80,6 +83,13 @@ def setup_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def compile_options(train_cfg) -> dict:
+    """torch.compile keyword arguments from the config: `train.compile_mode` ("default",
+    "reduce-overhead" = CUDA graphs, "max-autotune" = autotuned kernels + CUDA graphs)."""
+    mode = getattr(train_cfg, "compile_mode", "default")
+    return {} if mode == "default" else {"mode": mode}
+
+
 def gather_objects(obj, world: int) -> list:
     if world == 1:
         return [obj]
@@ -127,7 +137,8 @@ class Trainer:
         self._resume()
         self.ddp = self.method.prepare_distributed(self.device) if self.world > 1 else None
         if tc.compile:
-            self.method.compile_parts()
+            self.method.compile_parts(**compile_options(tc))
+        self.cuda_graphs = tc.compile and tc.compile_mode != "default" and self.device.type == "cuda"
         # device-side counters of non-finite steps: read only at the logging cadence
         self.n_bad = torch.zeros((), device=self.device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -228,11 +239,14 @@ class Trainer:
         """One optimizer step over `grad_accum` loader batches; a non-finite loss or gradient skips
         the update on the device (no host sync), counted for the next logging step."""
         oc = self.cfg.optim
+        if self.cuda_graphs:  # the previous step's graph outputs are dead: their memory may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         for g in self.optimizer.param_groups:
             g["lr"] = self.schedule[self.step_no]
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                   enabled=self.amp_dtype is not None)
         loss_step = torch.zeros((), device=self.device)
+        found_inf, pending = None, None
         for micro in range(self.accum):
             batch = self._next_batch()
             last = micro == self.accum - 1
@@ -240,17 +254,18 @@ class Trainer:
             with sync:
                 with autocast:
                     loss, parts = self.method.step(batch)
+                loss_step += loss.detach().float() / self.accum
+                if last:  # the step's loss is known: its flag crosses the ranks while backward runs
+                    found_inf, pending = self._loss_found_inf(loss_step)
                 (loss / self.accum).backward()
-            loss_step += loss.detach().float() / self.accum
             for k, v in parts.items():
                 self.sums[k] = self.sums.get(k, 0.0) + v.float() / self.accum
-        finite = torch.isfinite(loss_step)
+        if pending is not None:
+            pending.wait()  # NCCL: the stream waits, not the host
         if oc.clip_grad > 0:
+            # the gradients are all-reduced already, so their norm (and its flag) is the same on every rank
             norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), oc.clip_grad)
-            finite = finite & torch.isfinite(norm)
-        found_inf = (~finite).float()
-        if self.ddp is not None:
-            torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX)
+            found_inf = torch.maximum(found_inf, (~torch.isfinite(norm)).float())
         if self.on_device_skip:
             self.optimizer.found_inf = found_inf
             self.optimizer.step()
@@ -264,6 +279,16 @@ class Trainer:
         self.step_no += 1
 
     # ---------------------------------------------------------------- helpers beside the loop
+    def _loss_found_inf(self, loss_step: torch.Tensor):
+        """(found_inf, work): 1.0 where this step's loss is not finite, max-reduced across ranks
+        by an asynchronous all_reduce (work, None in a world of one) that runs during backward:
+        off the critical path; the caller waits on it before the optimizer reads the flag."""
+        found_inf = (~torch.isfinite(loss_step)).float()
+        if self.ddp is None:
+            return found_inf, None
+        work = torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX, async_op=True)
+        return found_inf, work
+
     def _any_rank(self, flag: bool) -> bool:
         t = torch.tensor(float(flag), device=self.device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)

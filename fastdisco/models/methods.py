@@ -125,11 +125,12 @@ class Method(nn.Module):
         self.run_student = ddp
         return ddp
 
-    def compile_parts(self) -> None:
-        """torch.compile each part on its own: student (or its DDP wrapper) and teacher."""
-        self.run_student = torch.compile(self.run_student)
+    def compile_parts(self, **options) -> None:
+        """torch.compile each part on its own: student (or its DDP wrapper) and teacher.
+        `options` go to every torch.compile call (mode, fullgraph, backend)."""
+        self.run_student = torch.compile(self.run_student, **options)
         if self.teacher is not None:
-            self.run_teacher = torch.compile(self.teacher)
+            self.run_teacher = torch.compile(self.teacher, **options)
 
 
 @register("mocov2")
@@ -189,9 +190,9 @@ class MoCoV2(Method):
     def after_optimizer_step(self) -> None:
         ema_update(self.key_encoder, self.student, self.cfg.momentum)
 
-    def compile_parts(self) -> None:
-        super().compile_parts()
-        self.run_key = torch.compile(self.key_encoder)
+    def compile_parts(self, **options) -> None:
+        super().compile_parts(**options)
+        self.run_key = torch.compile(self.key_encoder, **options)
 
     def extra_state(self) -> dict:
         return {"key_encoder": self.key_encoder.state_dict(), "queue": self.queue.state_dict()}
