@@ -93,7 +93,11 @@ def build_setup(cfg: Config, device: torch.device, teacher: nn.Module | None = N
     student, teacher, method = build_models(cfg, cls, teacher, device, mem)
     method.train()
     torch.manual_seed(cfg.train.seed)  # the Trainer: seed + rank, rank 0 here
-    optimizer = build_optimizer(cfg.optim, student, device, scaled_lr(cfg.optim, cfg.data.batch_size))
+    import dataclasses
+
+    from fastdisco.config import decay_norm_bias
+    optimizer = build_optimizer(dataclasses.replace(cfg.optim, decay_norm_bias=decay_norm_bias(cfg)), student, device,
+                                scaled_lr(cfg.optim, cfg.data.batch_size))  # "auto" -> the method's recipe, as the Trainer
     if cfg.train.compile:
         method.compile_parts(**compile_options(cfg.train))
     view_dtype = torch.bfloat16 if (amp_dtype is not None and device.type == "cuda") else torch.float32
