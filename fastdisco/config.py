@@ -38,6 +38,9 @@ class DataConfig:
     # uint8 views cross to the device); "device" = whole decoded images go to the device and
     # are cropped there; "auto" = device on CUDA, worker otherwise
     crop_on: Literal["auto", "worker", "device"] = "auto"
+    # torch backend: decode each JPEG at 1/2, 1/4 or 1/8 size (libjpeg DCT scaling) when all its
+    # crops keep >= data.resolution pixels there; false = full size (views replay from full images)
+    reduced_decode: bool = True
     dali_threads: int = 0               # DALI CPU threads (0 = data.num_workers)
 
 

@@ -388,11 +388,19 @@ def test_torch_backend_device_crop_equals_worker_crop(prepared):
     ld.worker_does = "crop"
     c = collect(ld, limit=1)[0]
     assert all(torch.equal(x, y) for x, y in zip(a.views, c.views))
-    # Batch.params replays the views exactly from the decoded images
+    # Batch.params replays the views exactly: from the images as the loader decoded them (each only
+    # as large as its crops need) and the params mapped onto them, or with reduced_decode off,
+    # from the full decoded images and the params as they are
+    from fastdisco.loader.reduced_decode import decode_batch
     from fastdisco.loader.torch_backend import decode_chw, pad_stack
 
-    imgs = pad_stack([decode_chw(ld.reader.jpeg(int(i))) for i in a.indices])
-    for v, p in zip(a.views, a.params):
+    jpegs = [ld.reader.jpeg(int(i)) for i in a.indices]
+    imgs, local, _ = decode_batch(jpegs, a.params, RES, True, str)
+    for v, p in zip(a.views, local):
+        assert torch.equal(A.apply_view(pad_stack(imgs), p, RES, crop_u8=True), v)
+    f = collect(make_loader(cfg_for(prepared, "torch", reduced_decode=False)), limit=1)[0]
+    imgs = pad_stack([decode_chw(j) for j in jpegs])
+    for v, p in zip(f.views, f.params):
         assert torch.equal(A.apply_view(imgs, p, RES, crop_u8=True), v)
         assert (A.apply_view(imgs, p, RES) - v).abs().max() < 0.1  # float crop: within rounding
 
