@@ -41,6 +41,7 @@ class DataConfig:
     # torch backend: decode each JPEG at 1/2, 1/4 or 1/8 size (libjpeg DCT scaling) when all its
     # crops keep >= data.resolution pixels there; false = full size (views replay from full images)
     reduced_decode: bool = True
+    prefetch: int = 1                   # CUDA: batches prepared ahead on a side stream (0 = none)
     dali_threads: int = 0               # DALI CPU threads (0 = data.num_workers)
 
 
@@ -316,6 +317,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.batch_size": _ge(1),
     "data.num_workers": _ge(0),
     "data.dali_threads": _ge(0),
+    "data.prefetch": _ge(0),
     "model.num_classes": _ge(1),
     "model.proj_hidden": _ge(1),
     "model.proj_dim": _ge(1),
