@@ -24,7 +24,7 @@ class DataConfig:
 
     path: str = ""                      # a prepared dataset (output of `fastdisco prepare-data`)
     backend: Literal["torch", "dali", "ffcv"] = "torch"
-    decode_device: Literal["auto", "mixed", "cpu"] = "auto"  # DALI: mixed = GPU decode
+    decode_device: Literal["auto", "mixed", "cpu"] = "auto"  # mixed = GPU decode (dali; torch: nvJPEG via torchvision), auto = mixed on CUDA where available
     recipe: Literal["mocov2", "byol", "ssld", "linear", "eval"] = "mocov2"  # augmentation set
     resolution: int = 224
     batch_size: int = 256               # per device (per rank), source images

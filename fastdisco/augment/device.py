@@ -14,7 +14,12 @@ from fastdisco.augment.recipes import blur_kernel_size, norm_consts
 
 
 def crop_view(imgs: Tensor, params: dict[str, Tensor], resolution: int, antialias: bool = True) -> Tensor:
-    """Geometry of one view on uint8 [B, 3, Hp, Wp] source images -> float [B, 3, res, res] in [0, 255]."""
+    """Geometry of one view on uint8 [B, 3, Hp, Wp] source images -> float [B, 3, res, res] in [0, 255].
+    On an accelerator the antialiased resize is one batched op (ops.resized_crop_matmul: torch's
+    resize weights as two batched matmuls, equal to the per-sample interpolate up to float
+    rounding); on the CPU the per-sample interpolate (the CPU path's exact replays)."""
+    if antialias and imgs.device.type != "cpu":
+        return ops.resized_crop_matmul(imgs, params, resolution)
     if "resize" in params:  # eval: resize whole image, then center crop
         out = []
         for n, ((rh, rw), (t, l, hh, ww)) in enumerate(zip(params["resize"].long().tolist(), params["crop"].long().tolist())):

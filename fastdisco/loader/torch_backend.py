@@ -13,6 +13,9 @@ then, by where the work pays:
     1 level of the float resize): replay such a view with apply_view(..., crop_u8=True);
   * CUDA, crop_on=worker: crops + resizes on the CPU, small uint8 views cross to the device,
     colour ops, blur, flip and normalisation run batched there (augment.Augment.photometric);
+  * decode_device=mixed (default on CUDA when torchvision decodes JPEGs there): the workers only
+    read the JPEG bytes and draw the params; the main process decodes the batch with nvJPEG
+    (loader.gpu_decode) and crops every view as one batched op;
   * crop_on=device: each view's uint8 crop regions cross (padded to the batch's largest region,
     never to the largest image), the resize and everything after run on the device.
 No extra dependency: this is also the reference backend.
@@ -31,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fastdisco import augment as A
 from fastdisco.loader.base import BaseLoader, Batch
-from fastdisco.loader import view_pool
+from fastdisco.loader import gpu_decode, view_pool
 from fastdisco.loader.reduced_decode import crop_regions, decode_batch, header_sizes, pad_stack  # noqa: F401
 from fastdisco.loader.view_pool import NO_SLOT, ViewPool
 from fastdisco.dataset.images import decode_rgb
@@ -122,6 +125,9 @@ class _PlanBatches(Dataset):
         except (OSError, SyntaxError, ValueError) as e:
             bad = next(n for n, j in enumerate(jpegs) if not _header_ok(j))
             raise FastdiscoError(f"{where(bad)}: cannot read the JPEG header ({type(e).__name__}: {e})") from None
+        if self.worker_does == "raw":  # the main process decodes on the GPU (gpu_decode)
+            return gpu_decode.byte_tensors(jpegs), params, labels, torch.from_numpy(ids.copy()), \
+                torch.from_numpy(valid[b].copy())
         imgs, local, _ = decode_batch(jpegs, params, aug.resolution, self.reduced_decode, where)
         # in a worker process (one torch thread each) images run inline; without workers the
         # main process spreads them over its augmentation threads
@@ -186,7 +192,15 @@ class TorchLoader(BaseLoader):
         self.reader = SampleReader(ShardIndex.build(cfg.path, self.manifest))
         on = cfg.crop_on
         cuda = self.device.type == "cuda"
+        dev = cfg.decode_device
+        if dev == "auto":
+            dev = "mixed" if cuda and gpu_decode.available(str(self.device)) else "cpu"
+        if dev == "mixed" and not cuda:
+            raise FastdiscoError("config key 'data.decode_device': 'mixed' (GPU decoding) needs a CUDA training device")
+        self.decode_device = dev
         self.worker_does = "decode" if on == "device" or (on == "auto" and cuda) else ("crop" if cuda else "augment")
+        if dev == "mixed":  # nvJPEG in the main process: the workers only read bytes and draw params
+            self.worker_does = "raw"
         self._dl: DataLoader | None = None
         self._pool: ViewPool | None = None
         self._it = None                 # the DataLoader's iterator, running ahead of the consumer
@@ -240,6 +254,11 @@ class TorchLoader(BaseLoader):
                 continue
             if self.worker_does == "crop":
                 cropped = payload
+            elif self.worker_does == "raw":  # one nvJPEG call, one padded batch, one crop op per view
+                # nvJPEG reads the bytes from (pinned) host memory
+                imgs = gpu_decode.pad_batch(gpu_decode.decode_batch(
+                    payload, self.device, lambda n: sample_name(self.reader, int(ids[n]))))
+                cropped = [A.crop_view(imgs, p, self.cfg.resolution, self.cfg.antialias) for p in params]
             else:
                 regions, region_params = payload
                 a = self.augment
