@@ -42,7 +42,7 @@ class DataConfig:
     # crops keep >= data.resolution pixels there; false = full size (views replay from full images)
     reduced_decode: bool = True
     prefetch: int = 1                   # CUDA: batches prepared ahead on a side stream (0 = none)
-    dali_threads: int = 0               # DALI CPU threads (0 = data.num_workers)
+    dali_threads: int = 0               # DALI CPU threads (0 = this process's cores / ranks on the node)
 
 
 @dataclass

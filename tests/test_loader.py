@@ -209,7 +209,8 @@ def test_close_or_drop_stops_workers_and_pipelines_at_once(prepared, backend, wo
             ld_iter = iter(ld)
             first = [next(ld_iter), next(ld_iter)]  # mid-pass: the workers / pipeline are reading ahead
             live = running(ld)
-            assert live() and len(multiprocessing.active_children()) == workers * (backend == "torch")
+            # torch: DataLoader workers; dali: its parallel external source's worker processes
+            assert live() and len(multiprocessing.active_children()) == workers * (backend in ("torch", "dali"))
             del ld_iter
             ld.close()
             assert not live()
@@ -507,3 +508,28 @@ def test_gpu_path_matches_cpu(prepared, backend):
     assert g.views[0].is_cuda and torch.equal(g.indices.cpu(), c.indices)
     if backend != "ffcv":  # nvJPEG / GPU resize differ from libjpeg by a few levels
         assert (g.views[0].float().cpu() - c.views[0].float()).abs().mean() < 0.05
+
+
+def test_dali_parallel_source_passes_the_torch_params_through_the_pipeline(prepared):
+    """dali with workers: the external source runs in DALI's worker processes and the params come
+    back through the pipeline (packed rows), exactly the ones the torch backend draws."""
+    if not _have("dali"):
+        pytest.skip("dali not installed")
+    import multiprocessing
+
+    from fastdisco.loader.dali_backend import cpu_threads
+
+    ld = make_loader(cfg_for(prepared, "dali", num_workers=2))
+    d = collect(ld, limit=2)
+    assert len(multiprocessing.active_children()) == 2  # the source's worker processes
+    ld.close()
+    t = collect(make_loader(cfg_for(prepared, "torch", num_workers=0)), limit=2)
+    for a, b in zip(d, t):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
+        for pa, pb in zip(a.params, b.params):
+            assert pa.keys() == pb.keys()
+            for k in pa:
+                assert pa[k].dtype == pb[k].dtype and torch.equal(pa[k], pb[k]), k
+    import os
+
+    assert cpu_threads() == len(os.sched_getaffinity(0))  # threads from the machine, not num_workers
