@@ -420,8 +420,8 @@ def _crop_stats(views):
     return wf * hf, torch.log((wf * 80) / (hf * 60)), dx < 0
 
 
-def _run_epochs(path, backend, recipe, epochs):
-    ld = make_loader(cfg_for(path, backend, recipe=recipe, num_workers=1))
+def _run_epochs(path, backend, recipe, epochs, **kw):
+    ld = make_loader(cfg_for(path, backend, recipe=recipe, num_workers=1, **kw))
     views = []
     for e in range(epochs):
         ld.set_epoch(e)
@@ -435,7 +435,11 @@ def ssld_views(coord_data):
     # 24 epochs: 768 views per backend. (When ffcv drew its boxes from its own unseeded RNG, 256
     # views left the tolerances below at 2.2-2.7 standard errors and ffcv failed a few % of runs;
     # every backend now crops with the same seeded boxes.)
-    return {be: _run_epochs(coord_data, be, "ssld", 24) for be in BACKENDS if _have(be)}
+    # torch decodes at full size here (data.reduced_decode=false), so the dali / ffcv boxes can be
+    # checked view for view against it; "torch_reduced" (the default decode) is checked in distribution
+    views = {be: _run_epochs(coord_data, be, "ssld", 24, reduced_decode=False) for be in BACKENDS if _have(be)}
+    views["torch_reduced"] = _run_epochs(coord_data, "torch", "ssld", 24)
+    return views
 
 
 def test_crop_geometry_recovered_from_torch_params(coord_data):

@@ -16,7 +16,7 @@ from fastdisco.loader import make_loader
 from fastdisco.loader.prefetch import Prefetched
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_resume import _cfg, _final, _reference, assert_same, data  # noqa: E402,F401
+from test_resume import _cfg, _final, assert_same, data  # noqa: E402,F401
 from test_resume import BACKENDS as RESUME_BACKENDS, STEPS, STOPS  # noqa: E402
 
 N, B, RES = 48, 8, 16
@@ -108,7 +108,11 @@ def test_trainer_stop_and_rerun_with_prefetch_equals_uninterrupted_run(data, tmp
     from fastdisco.io import safe_torch_load
 
     name = "torch_workers"
-    ref = _reference(name, data, tmp_path_factory)
+    # the uninterrupted run without prefetch, made here (not test_resume's cached one: other tests
+    # in between may leave process-wide state, such as the CPU kernel choice, set otherwise)
+    ref_cfg = _cfg(tmp_path_factory.mktemp("prefetch_ref"), data, RESUME_BACKENDS[name])
+    assert train(ref_cfg)["step"] == STEPS
+    ref = _final(ref_cfg)
 
     def wrapped(cfg):
         return Prefetched(make_loader(cfg.data), depth=2, read_ahead=True)
