@@ -142,3 +142,9 @@ def test_loader_caps_decoded_pixels_and_names_the_file_and_sample(big, monkeypat
     ld2 = make_loader(cfg(big))
     with pytest.raises(FastdiscoError, match=r"shard-\d+\.tar, sample \d+: too many pixels to decode: 512x384"):
         next(iter(ld2))
+
+
+def test_a_corrupt_jpeg_is_named_by_file_and_sample():
+    good = _encode(Image.new("RGB", (64, 48), (10, 200, 30)), "JPEG")
+    with pytest.raises(FastdiscoError, match=r"^shard-000003.tar, sample 17: cannot decode the JPEG"):
+        R.decode_one(good[: len(good) // 2], 1, 48, 64, "shard-000003.tar, sample 17")  # truncated

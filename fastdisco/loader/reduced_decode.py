@@ -58,7 +58,10 @@ def decode_one(jpeg: bytes, scale: int, height: int, width: int, where: str) -> 
         needed = pixel_cap_scale(width, height, True)
     except BadImage as e:
         raise FastdiscoError(f"{where}: {e}") from None
-    arr, got = decode_rgb_scaled(jpeg, max(scale, needed))
+    try:
+        arr, got = decode_rgb_scaled(jpeg, max(scale, needed))
+    except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data
+        raise FastdiscoError(f"{where}: cannot decode the JPEG ({type(e).__name__}: {str(e)[:120]})") from None
     if got < needed:
         raise FastdiscoError(f"{where}: too many pixels to decode ({width}x{height}) and libjpeg cannot "
                              "decode this JPEG at a reduced size")
