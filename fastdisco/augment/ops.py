@@ -200,20 +200,21 @@ def antialias_weights(start: Tensor, length: Tensor, out_size: int, n_in: int, s
     output is a window of a larger resize (eval: resize to scale_len, then crop out_offset..):
     the scale is length / scale_len and output i is resized pixel out_offset + i."""
     dev = start.device
-    start, length = start.double(), length.double()
-    total = length if scale_len is None else scale_len.double()
+    f = torch.float32  # exact for pixel indices (< 2^24); [B, out, n_in] temporaries half of float64's
+    start, length = start.to(f), length.to(f)
+    total = length if scale_len is None else scale_len.to(f)
     scale = (length / (out_size if scale_len is None else total)).view(-1, 1)       # input px per output px
     support = scale.clamp(min=1.0)                                                    # bilinear: 1, widened when reducing
-    i = torch.arange(out_size, device=dev, dtype=torch.float64).view(1, -1)
+    i = torch.arange(out_size, device=dev, dtype=f).view(1, -1)
     if out_offset is not None:
-        i = i + out_offset.double().view(-1, 1)
+        i = i + out_offset.to(f).view(-1, 1)
     center = (i + 0.5) * scale                                                        # [B, out], crop-local
     lo = torch.floor(center - support + 0.5).clamp(min=0.0)                           # PIL's window
     hi = torch.minimum(torch.floor(center + support + 0.5), length.view(-1, 1))
-    j = torch.arange(n_in, device=dev, dtype=torch.float64).view(1, 1, -1) - start.view(-1, 1, 1)
+    j = torch.arange(n_in, device=dev, dtype=f).view(1, 1, -1) - start.view(-1, 1, 1)
     w = (1.0 - ((j + 0.5 - center.unsqueeze(-1)) / support.unsqueeze(-1)).abs()).clamp(min=0.0)
     w = w * ((j >= lo.unsqueeze(-1)) & (j < hi.unsqueeze(-1)))
-    return (w / w.sum(-1, keepdim=True).clamp(min=1e-12)).float()
+    return w / w.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
 def resized_crop_matmul(imgs: Tensor, params: dict[str, Tensor], size: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -226,11 +227,11 @@ def resized_crop_matmul(imgs: Tensor, params: dict[str, Tensor], size: int, dtyp
     matmuls, accumulated in float32 by the BLAS."""
     B, C, Hp, Wp = imgs.shape
     dev = imgs.device
-    box = params["crop"].to(dev).double()
+    box = params["crop"].to(dev).float()
     if "resize" in params:  # eval: resize the whole image to (rh, rw), then crop a window of it
-        src = params["src_size"].to(dev).double()
-        rs = params["resize"].to(dev).double()
-        zero = torch.zeros(B, device=dev, dtype=torch.float64)
+        src = params["src_size"].to(dev).float()
+        rs = params["resize"].to(dev).float()
+        zero = torch.zeros(B, device=dev)
         wy = antialias_weights(zero, src[:, 0], size, Hp, rs[:, 0], box[:, 0])
         wx = antialias_weights(zero, src[:, 1], size, Wp, rs[:, 1], box[:, 1])
     else:
