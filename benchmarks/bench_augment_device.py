@@ -3,7 +3,8 @@ beside the per-op gather / scatter implementation it replaced (kept as the refer
 tests/test_augment_masked.py), on the same batch and the same draws, alternating.
 
 Cases: `drawn` (byol's second view with its own rates: jitter 0.8, gray 0.2, blur 0.1,
-solarize 0.2, flip 0.5) and `all` (every op fires on every sample). Time per batch = median
+solarize 0.2, flip 0.5) and `all` (every op fires on every sample); `crop_resize`: the view's
+geometry, a per-sample antialiased interpolate loop vs one batched crop + resize (two matmuls). Time per batch = median
 over --repeats; on CUDA each call is synchronised. Rows go to benchmarks/results/augment_device.jsonl
 (results_io.append_rows); on the CPU the rows say so (device "cpu"): the GPU ratio is the one
 that matters (16 index copies from the host per view are gone there), the CPU one shows the
@@ -75,6 +76,19 @@ def main(argv: list[str] | None = None) -> int:
                    speedup=round(ms["old"] / ms["new"], 2))
         print(f"{device.type} {case:6s} {layout:13s} old {ms['old']:.2f} ms  new {ms['new']:.2f} ms  x{row['speedup']:.2f}", flush=True)
         rows.append(row)
+    # the geometry of one view: a per-sample interpolate loop (the old crop_view) vs one batched
+    # crop + resize (ops.resized_crop_matmul), on uint8 sources of 375 x 500 (ImageNet's typical size)
+    from fastdisco.augment import ops
+
+    src = (torch.rand(B, 3, 375, 500, generator=g) * 255).to(torch.uint8).to(device)
+    (p,) = A.sample_params(g, A.RECIPES["byol"][1:], torch.full((B,), 375), torch.full((B,), 500), res)
+    fns = {"old": lambda: ops.resized_crop(src, p["crop"], res), "new": lambda: ops.resized_crop_matmul(src, p, res)}
+    ms = {k: v * 1e3 for k, v in _time(fns, args.repeats, device).items()}
+    row = dict(bench="augment_device", case="crop_resize", layout="nchw", batch=B, resolution=res, device=device.type,
+               threads=torch.get_num_threads(), timer="wall", old_ms=round(ms["old"], 3), new_ms=round(ms["new"], 3),
+               speedup=round(ms["old"] / ms["new"], 2))
+    print(f"{device.type} crop_resize   old {ms['old']:.2f} ms  new {ms['new']:.2f} ms  x{row['speedup']:.2f}", flush=True)
+    rows.append(row)
     if not args.no_save:
         print("appended to", append_rows("augment_device", rows))
     return 0

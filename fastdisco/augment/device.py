@@ -82,11 +82,11 @@ def _col(plan: Tensor, c: int) -> Tensor:
 
 
 def _linear(x: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-    """clamp(a x + b gray(x) + c mean(gray(x))), per-sample coefficients [B, 1, 1, 1]; with b or c
+    """clamp(a x + b gray(x) + c mean(gray(x))) written into x, per-sample coefficients [B, 1, 1, 1]; with b or c
     zero the term adds an exact 0, so each jitter op gives the bits of its own definition (ops.py)."""
     g = ops.rgb_to_grayscale(x)
     m = g.mean(dim=(1, 2, 3), keepdim=True)
-    return torch.mul(x, a).add_(g.mul_(b).add_(c * m)).clamp_(0.0, 1.0)
+    return x.mul_(a).add_(g.mul_(b).add_(c * m)).clamp_(0.0, 1.0)  # in place: x is color_view's own copy
 
 
 def color_view(x: Tensor, params: dict[str, Tensor], resolution: int) -> Tensor:
