@@ -154,13 +154,23 @@ def _loader_for(be: str, args, data: Path, src: Path | None, device):
     if be == OFFICIAL:
         return official_baseline_loader(src, args.batch, args.workers, args.resolution), None, torch.device("cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cfg = DataConfig(path=str(data), backend=be, recipe="mocov2", resolution=args.resolution,
-                     batch_size=args.batch, num_workers=args.workers, dali_threads=args.workers)
+    backend, _, variant = be.partition(":")
+    cfg = DataConfig(path=str(data), backend=backend, recipe="mocov2", resolution=args.resolution,
+                     batch_size=args.batch, num_workers=args.workers, dali_threads=args.workers,
+                     **LOADER_VARIANTS[variant])
     ld = make_loader(cfg, device=device, dtype=dtype)
     return ld, ld.set_epoch, device
 
 
 OFFICIAL = "official_disco_torchvision"
+# --backends may name a variant as backend:variant, e.g. torch:full_decode; its row is compared
+# with the plain backend's in the same run (vs_<variant> on the plain backend's row)
+LOADER_VARIANTS = {
+    "": {},
+    "full_decode": {"reduced_decode": False},         # torch: every JPEG decoded at full size (before 2026-12)
+    "cpu_decode": {"decode_device": "cpu"},           # torch / dali on CUDA: decode on the CPU
+    "no_prefetch": {"prefetch": 0},                   # CUDA: no batches made ahead on a side stream
+}
 
 
 def run_loader(args) -> list[dict]:
@@ -209,6 +219,13 @@ def run_loader(args) -> list[dict]:
                      "rounds_images_per_s": [round(x, 1) for x in rounds[be]],
                      "data": "original_jpeg" if be == OFFICIAL else "prepared",
                      **({"device": "cpu"} if be == OFFICIAL else {})})
+    by_name = {r["backend"]: r for r in rows}
+    for r in rows:  # each change as a ratio: the plain backend over its variant, medians of this run
+        backend, _, variant = r["backend"].partition(":")
+        if variant and backend in by_name:
+            plain = by_name[backend]
+            plain[f"vs_{variant}"] = round(plain["images_per_s"] / r["images_per_s"], 2)
+            print(f"{backend} / {r['backend']} = {plain[f'vs_{variant}']:.2f}x")
     base = next((r for r in rows if r["backend"] == OFFICIAL), None)
     print(f"median of {args.repeats} rounds:")
     for r in rows:

@@ -24,7 +24,7 @@ class DataConfig:
 
     path: str = ""                      # a prepared dataset (output of `fastdisco prepare-data`)
     backend: Literal["torch", "dali", "ffcv"] = "torch"
-    decode_device: Literal["auto", "mixed", "cpu"] = "auto"  # DALI: mixed = GPU decode
+    decode_device: Literal["auto", "mixed", "cpu"] = "auto"  # mixed = GPU decode (dali; torch: nvJPEG via torchvision), auto = mixed on CUDA where available
     recipe: Literal["mocov2", "byol", "ssld", "linear", "eval"] = "mocov2"  # augmentation set
     resolution: int = 224
     batch_size: int = 256               # per device (per rank), source images
@@ -38,7 +38,11 @@ class DataConfig:
     # uint8 views cross to the device); "device" = whole decoded images go to the device and
     # are cropped there; "auto" = device on CUDA, worker otherwise
     crop_on: Literal["auto", "worker", "device"] = "auto"
-    dali_threads: int = 0               # DALI CPU threads (0 = data.num_workers)
+    # torch backend: decode each JPEG at 1/2, 1/4 or 1/8 size (libjpeg DCT scaling) when all its
+    # crops keep >= data.resolution pixels there; false = full size (views replay from full images)
+    reduced_decode: bool = True
+    prefetch: int = 1                   # CUDA: batches prepared ahead on a side stream (0 = none)
+    dali_threads: int = 0               # DALI CPU threads (0 = this process's cores / ranks on the node)
 
 
 @dataclass
@@ -322,6 +326,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.batch_size": _ge(1),
     "data.num_workers": _ge(0),
     "data.dali_threads": _ge(0),
+    "data.prefetch": _ge(0),
     "model.num_classes": _ge(1),
     "model.proj_hidden": _ge(1),
     "model.proj_dim": _ge(1),

@@ -210,7 +210,8 @@ def test_close_or_drop_stops_workers_and_pipelines_at_once(prepared, backend, wo
             ld_iter = iter(ld)
             first = [next(ld_iter), next(ld_iter)]  # mid-pass: the workers / pipeline are reading ahead
             live = running(ld)
-            assert live() and len(multiprocessing.active_children()) == workers * (backend == "torch")
+            # torch: DataLoader workers; dali: its parallel external source's worker processes
+            assert live() and len(multiprocessing.active_children()) == workers * (backend in ("torch", "dali"))
             del ld_iter
             ld.close()
             assert not live()
@@ -389,11 +390,19 @@ def test_torch_backend_device_crop_equals_worker_crop(prepared):
     ld.worker_does = "crop"
     c = collect(ld, limit=1)[0]
     assert all(torch.equal(x, y) for x, y in zip(a.views, c.views))
-    # Batch.params replays the views exactly from the decoded images
+    # Batch.params replays the views exactly: from the images as the loader decoded them (each only
+    # as large as its crops need) and the params mapped onto them, or with reduced_decode off,
+    # from the full decoded images and the params as they are
+    from fastdisco.loader.reduced_decode import decode_batch
     from fastdisco.loader.torch_backend import decode_chw, pad_stack
 
-    imgs = pad_stack([decode_chw(ld.reader.jpeg(int(i))) for i in a.indices])
-    for v, p in zip(a.views, a.params):
+    jpegs = [ld.reader.jpeg(int(i)) for i in a.indices]
+    imgs, local, _ = decode_batch(jpegs, a.params, RES, True, str)
+    for v, p in zip(a.views, local):
+        assert torch.equal(A.apply_view(pad_stack(imgs), p, RES, crop_u8=True), v)
+    f = collect(make_loader(cfg_for(prepared, "torch", reduced_decode=False)), limit=1)[0]
+    imgs = pad_stack([decode_chw(j) for j in jpegs])
+    for v, p in zip(f.views, f.params):
         assert torch.equal(A.apply_view(imgs, p, RES, crop_u8=True), v)
         assert (A.apply_view(imgs, p, RES) - v).abs().max() < 0.1  # float crop: within rounding
 
@@ -412,8 +421,8 @@ def _crop_stats(views):
     return wf * hf, torch.log((wf * 80) / (hf * 60)), dx < 0
 
 
-def _run_epochs(path, backend, recipe, epochs):
-    ld = make_loader(cfg_for(path, backend, recipe=recipe, num_workers=1))
+def _run_epochs(path, backend, recipe, epochs, **kw):
+    ld = make_loader(cfg_for(path, backend, recipe=recipe, num_workers=1, **kw))
     views = []
     for e in range(epochs):
         ld.set_epoch(e)
@@ -427,7 +436,11 @@ def ssld_views(coord_data):
     # 24 epochs: 768 views per backend. (When ffcv drew its boxes from its own unseeded RNG, 256
     # views left the tolerances below at 2.2-2.7 standard errors and ffcv failed a few % of runs;
     # every backend now crops with the same seeded boxes.)
-    return {be: _run_epochs(coord_data, be, "ssld", 24) for be in BACKENDS if _have(be)}
+    # torch decodes at full size here (data.reduced_decode=false), so the dali / ffcv boxes can be
+    # checked view for view against it; "torch_reduced" (the default decode) is checked in distribution
+    views = {be: _run_epochs(coord_data, be, "ssld", 24, reduced_decode=False) for be in BACKENDS if _have(be)}
+    views["torch_reduced"] = _run_epochs(coord_data, "torch", "ssld", 24)
+    return views
 
 
 def test_crop_geometry_recovered_from_torch_params(coord_data):
@@ -500,3 +513,28 @@ def test_gpu_path_matches_cpu(prepared, backend):
     assert g.views[0].is_cuda and torch.equal(g.indices.cpu(), c.indices)
     if backend != "ffcv":  # nvJPEG / GPU resize differ from libjpeg by a few levels
         assert (g.views[0].float().cpu() - c.views[0].float()).abs().mean() < 0.05
+
+
+def test_dali_parallel_source_passes_the_torch_params_through_the_pipeline(prepared):
+    """dali with workers: the external source runs in DALI's worker processes and the params come
+    back through the pipeline (packed rows), exactly the ones the torch backend draws."""
+    if not _have("dali"):
+        pytest.skip("dali not installed")
+    import multiprocessing
+
+    from fastdisco.loader.dali_backend import cpu_threads
+
+    ld = make_loader(cfg_for(prepared, "dali", num_workers=2))
+    d = collect(ld, limit=2)
+    assert len(multiprocessing.active_children()) == 2  # the source's worker processes
+    ld.close()
+    t = collect(make_loader(cfg_for(prepared, "torch", num_workers=0)), limit=2)
+    for a, b in zip(d, t):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
+        for pa, pb in zip(a.params, b.params):
+            assert pa.keys() == pb.keys()
+            for k in pa:
+                assert pa[k].dtype == pb[k].dtype and torch.equal(pa[k], pb[k]), k
+    import os
+
+    assert cpu_threads() == len(os.sched_getaffinity(0))  # threads from the machine, not num_workers

@@ -189,3 +189,54 @@ def resized_crop_grid(imgs: Tensor, boxes: Tensor, size: int) -> Tensor:
 
 # jitter_order ids: params' jitter_order[i] lists these indices in the order sample i applies them
 JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def antialias_weights(start: Tensor, length: Tensor, out_size: int, n_in: int, scale_len: Tensor | None = None,
+                      out_offset: Tensor | None = None) -> Tensor:
+    """[B, out_size, n_in] rows of torch's antialiased bilinear resize (PIL's triangle filter,
+    `F.interpolate(..., antialias=True)`), one matrix per sample: output pixel i of sample b reads
+    the input pixels start[b] .. start[b] + length[b] - 1 (its crop; nothing else, so padding is
+    never read). scale_len: the length the resize maps onto out_size-equivalent pixels, when the
+    output is a window of a larger resize (eval: resize to scale_len, then crop out_offset..):
+    the scale is length / scale_len and output i is resized pixel out_offset + i."""
+    dev = start.device
+    f = torch.float32  # exact for pixel indices (< 2^24); [B, out, n_in] temporaries half of float64's
+    start, length = start.to(f), length.to(f)
+    total = length if scale_len is None else scale_len.to(f)
+    scale = (length / (out_size if scale_len is None else total)).view(-1, 1)       # input px per output px
+    support = scale.clamp(min=1.0)                                                    # bilinear: 1, widened when reducing
+    i = torch.arange(out_size, device=dev, dtype=f).view(1, -1)
+    if out_offset is not None:
+        i = i + out_offset.to(f).view(-1, 1)
+    center = (i + 0.5) * scale                                                        # [B, out], crop-local
+    lo = torch.floor(center - support + 0.5).clamp(min=0.0)                           # PIL's window
+    hi = torch.minimum(torch.floor(center + support + 0.5), length.view(-1, 1))
+    j = torch.arange(n_in, device=dev, dtype=f).view(1, 1, -1) - start.view(-1, 1, 1)
+    w = (1.0 - ((j + 0.5 - center.unsqueeze(-1)) / support.unsqueeze(-1)).abs()).clamp(min=0.0)
+    w = w * ((j >= lo.unsqueeze(-1)) & (j < hi.unsqueeze(-1)))
+    return w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+def resized_crop_matmul(imgs: Tensor, params: dict[str, Tensor], size: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """One view's geometry for a whole (padded) batch as two batched matmuls: the antialiased
+    bilinear resize is separable, so out[b] = Wy[b] @ img[b] @ Wx[b]^T with antialias_weights
+    rows (torch's own weights: the result is F.interpolate(crop, antialias=True)'s up to float
+    rounding). No per-sample loop and no read outside each crop box. `params`: a view's params
+    (rrc: crop; eval: resize + crop, as crop_view). uint8 or float [B, C, Hp, Wp] -> float
+    [B, C, size, size] in [0, 255]; `dtype` (e.g. float16 on a GPU: 0..255 are exact) for the
+    matmuls, accumulated in float32 by the BLAS."""
+    B, C, Hp, Wp = imgs.shape
+    dev = imgs.device
+    box = params["crop"].to(dev).float()
+    if "resize" in params:  # eval: resize the whole image to (rh, rw), then crop a window of it
+        src = params["src_size"].to(dev).float()
+        rs = params["resize"].to(dev).float()
+        zero = torch.zeros(B, device=dev)
+        wy = antialias_weights(zero, src[:, 0], size, Hp, rs[:, 0], box[:, 0])
+        wx = antialias_weights(zero, src[:, 1], size, Wp, rs[:, 1], box[:, 1])
+    else:
+        wy = antialias_weights(box[:, 0], box[:, 2], size, Hp)
+        wx = antialias_weights(box[:, 1], box[:, 3], size, Wp)
+    x = imgs.to(dtype)
+    y = torch.matmul(wy.to(dtype).unsqueeze(1), x)                    # [B, C, size, Wp]
+    return torch.matmul(y, wx.to(dtype).transpose(1, 2).unsqueeze(1)).float()  # [B, C, size, size]

@@ -54,7 +54,9 @@ class Augment:
 def apply_view(imgs: Tensor, params: dict[str, Tensor], resolution: int, dtype: torch.dtype = torch.float32,
                channels_last: bool = True, antialias: bool = True, crop_u8: bool = False) -> Tensor:
     """Replay one view exactly from its params (as returned in Batch.params). A view of the
-    torch backend on a CPU device is replayed with crop_u8=True (it crops in uint8)."""
+    torch backend on a CPU device is replayed with crop_u8=True (it crops in uint8), from the images
+    as it decoded them (loader.reduced_decode.decode_batch: the images and the params mapped onto
+    them), or with data.reduced_decode=false from the full images and Batch.params as they are."""
     p = {k: v.cpu() for k, v in params.items()}
     if imgs.device.type == "cpu":
         return augment_cpu(imgs, [p], resolution, dtype, channels_last, antialias, crop_u8=crop_u8)[0]

@@ -33,6 +33,27 @@ class Encoded:
     height: int
 
 
+# libjpeg's DCT scaling: a JPEG decodes directly at 1/2, 1/4 or 1/8 of its size (Image.draft)
+DCT_SCALES = (1, 2, 4, 8)
+
+# Decoded pixels allowed per image, per process: 32 Mpx (~100 MB as RGB, a few times that while
+# converting). A huge JPEG decodes at a reduced DCT scale that fits; any other image over the cap
+# is refused (BadImage; the loaders name its file and sample). Without a cap a 20 KB 1-bit PNG
+# just under PIL's bomb limit cost 1.2 GB in every worker at once.
+MAX_DECODED_PIXELS = 1 << 25
+
+
+def pixel_cap_scale(width: int, height: int, is_jpeg: bool, scale: int = 1) -> int:
+    """The smallest decode scale >= `scale` that keeps width x height under MAX_DECODED_PIXELS
+    (JPEG DCT scales only); raises BadImage when no scale does."""
+    for s in DCT_SCALES if is_jpeg else (1,):
+        if s >= scale and -(-width // s) * -(-height // s) <= MAX_DECODED_PIXELS:
+            return s
+    how = "even at 1/8 scale" if is_jpeg else "(only JPEG decodes at a reduced size)"
+    raise BadImage(f"too many pixels to decode: {width}x{height} = {width * height / 1e6:.0f} Mpx, over the "
+                   f"{MAX_DECODED_PIXELS / 1e6:.0f} Mpx cap {how}")
+
+
 def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     """(w, h) with the longest side capped at max_side, aspect kept, each side >= 1."""
     longest = max(width, height)
@@ -109,10 +130,15 @@ def _convert(data: bytes | Image.Image, max_side: int, quality: int) -> Encoded:
         if w < 1 or h < 1:
             raise BadImage(f"empty image ({w}x{h})")
         # JPEG: decode directly at a reduced DCT scale (up to 8x faster) while staying at
-        # least as large as the final size; the exact resize happens below.
+        # least as large as the final size; the exact resize happens below. Any image: at most
+        # MAX_DECODED_PIXELS decoded (a JPEG at a reduced scale, anything else is skipped).
+        s = 1
         if img.format == "JPEG" and max(w, h) > max_side:
             tw, th = target_size(w, h, max_side)
-            img.draft(img.mode, (tw, th))
+            s = max(d for d in DCT_SCALES if d <= min(w // tw, h // th))
+        s = pixel_cap_scale(w, h, img.format == "JPEG", s)
+        if s > 1:
+            img.draft(img.mode, (max(1, w // s), max(1, h // s)))
         img.load()  # raises on truncated / corrupt data
     img = ImageOps.exif_transpose(img) or img
     img = to_rgb(img)
@@ -128,6 +154,22 @@ def decode_rgb(jpeg: bytes) -> np.ndarray:
     """Reference decoder used by tests and `inspect`: JPEG bytes -> HxWx3 uint8."""
     with Image.open(io.BytesIO(jpeg)) as img:
         return np.asarray(img.convert("RGB"))
+
+
+def decode_rgb_scaled(jpeg: bytes, scale: int) -> tuple[np.ndarray, int]:
+    """JPEG bytes decoded at 1/scale of their size (libjpeg DCT scaling, scale in DCT_SCALES) ->
+    (HxWx3 uint8, the scale it was decoded at). The result is ceil(W / scale) x ceil(H / scale);
+    its pixel x covers the source's pixels [x * scale, (x + 1) * scale). scale=1 is decode_rgb
+    exactly. A JPEG libjpeg cannot scale (none we write) decodes at full size: scale 1 returned."""
+    with Image.open(io.BytesIO(jpeg)) as img:
+        got = 1
+        if scale > 1:
+            w, h = img.size
+            # the largest power of two <= min(w // (w // s), h // (h // s)) is s itself (< 2 s)
+            drafted = img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
+            if drafted is not None:
+                got = int(round(w / drafted[1][2]))
+        return np.asarray(img.convert("RGB")), got
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """Loaders: a prepared dataset -> multi-view `Batch`es on the device (docs/design.md section 2).
 
-`make_loader(cfg.data, ...)` picks the backend from `cfg.data.backend` in `BACKENDS`: one module
-per backend, each a `BaseLoader` subclass (`base`: the Batch contract, the epoch plan over DDP
+`make_loader(cfg.data, ...)` picks the backend from `cfg.data.backend` in `BACKENDS` (on CUDA
+wrapped in `prefetch.Prefetched`: the next batches made on a side stream): one module per backend, each a `BaseLoader` subclass (`base`: the Batch contract, the epoch plan over DDP
 ranks, the resumable position, the shared augmentation). Backends are imported only when chosen:
 DALI and ffcv are optional dependencies.
 """
@@ -31,8 +31,13 @@ def make_loader(cfg, device: torch.device | str = "cpu", dtype: torch.dtype = to
         raise FastdiscoError(f"config key 'data.backend': unknown backend {cfg.backend!r} "
                              f"(known: {', '.join(BACKENDS)})")
     module, cls = BACKENDS[cfg.backend].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg, device=device, dtype=dtype, rank=rank,
-                                                         world_size=world_size)
+    loader = getattr(importlib.import_module(module), cls)(cfg, device=device, dtype=dtype, rank=rank,
+                                                           world_size=world_size)
+    if loader.device.type == "cuda" and cfg.prefetch > 0:  # next batches made on a side stream
+        from fastdisco.loader.prefetch import Prefetched
+
+        return Prefetched(loader, cfg.prefetch)
+    return loader
 
 
 __all__ = ["BACKENDS", "BaseLoader", "Batch", "epoch_permutation", "make_loader", "num_batches", "rank_plan"]

@@ -2,16 +2,22 @@
 
 Each DataLoader item is one whole batch of this rank's epoch plan (so order, sharding and
 resume are exactly those of fastdisco.loader), keyed by (epoch, batch) so that one
-DataLoader and its workers live across epochs. A worker reads the JPEGs by offset,
-decodes them with PIL, draws the batch's augmentation params from the batch's own generator
-(they need the image sizes), and then, by where the work pays:
+DataLoader and its workers live across epochs. A worker reads the JPEGs by offset, draws the
+batch's augmentation params from the batch's own generator and the full image sizes in the JPEG
+headers, decodes each image with PIL only as large as its crops need (loader.reduced_decode:
+1/2, 1/4 or 1/8 size by libjpeg's DCT scaling; data.reduced_decode=false for full size), and
+then, by where the work pays:
   * CPU training device (crop_on auto / worker): the whole augmentation, image by image
     (augment.augment_cpu), so N workers use N cores and the main process only hands the
     finished views over. The crop is resized in uint8 (as dali and ffcv deliver it; within
     1 level of the float resize): replay such a view with apply_view(..., crop_u8=True);
   * CUDA, crop_on=worker: crops + resizes on the CPU, small uint8 views cross to the device,
     colour ops, blur, flip and normalisation run batched there (augment.Augment.photometric);
-  * crop_on=device: the zero-padded uint8 images cross, everything runs on the device.
+  * decode_device=mixed (default on CUDA when torchvision decodes JPEGs there): the workers only
+    read the JPEG bytes and draw the params; the main process decodes the batch with nvJPEG
+    (loader.gpu_decode) and crops every view as one batched op;
+  * crop_on=device: each view's uint8 crop regions cross (padded to the batch's largest region,
+    never to the largest image), the resize and everything after run on the device.
 No extra dependency: this is also the reference backend.
 """
 from __future__ import annotations
@@ -28,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fastdisco import augment as A
 from fastdisco.loader.base import BaseLoader, Batch
-from fastdisco.loader import view_pool
+from fastdisco.loader import gpu_decode, view_pool
+from fastdisco.loader.reduced_decode import crop_regions, decode_batch, header_sizes, pad_stack  # noqa: F401
 from fastdisco.loader.view_pool import NO_SLOT, ViewPool
 from fastdisco.dataset.images import decode_rgb
 from fastdisco.dataset.webdataset import SampleReader, ShardIndex
@@ -39,23 +46,13 @@ POOL_SPARE = 3  # output batches beyond those in flight, for the ones the caller
 
 
 def decode_chw(data: bytes) -> torch.Tensor:
-    """JPEG bytes -> uint8 [3, H, W]: dataset.images.decode_rgb, viewed planar without a copy
-    (the HWC pixels' [3, H, W] view is the layout torch's uint8 resize is fastest on)."""
+    """JPEG bytes -> uint8 [3, H, W] at full size: dataset.images.decode_rgb, viewed planar without
+    a copy (the HWC pixels' [3, H, W] view is the layout torch's uint8 resize is fastest on)."""
     arr = decode_rgb(data)
     # `arr` is read-only (Pillow's buffer) and is only ever read, hence no warning
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(arr).permute(2, 0, 1)
-
-
-def pad_stack(imgs: list[torch.Tensor]) -> torch.Tensor:
-    """Ragged [3, H, W] images -> zero-padded [B, 3, Hmax, Wmax] (crops never read the padding)."""
-    H = max(i.shape[1] for i in imgs)
-    W = max(i.shape[2] for i in imgs)
-    out = torch.zeros(len(imgs), 3, H, W, dtype=torch.uint8)
-    for n, im in enumerate(imgs):
-        out[n, :, : im.shape[1], : im.shape[2]] = im
-    return out
 
 
 def dataloader_generator(seed: int, rank: int, epoch: int, batch: int) -> torch.Generator:
@@ -101,9 +98,10 @@ class _PlanBatches(Dataset):
     plan (loader.rank_plan, deterministic) once per epoch and caches it."""
 
     def __init__(self, reader: SampleReader, plan, seed: int, rank: int, augment: A.Augment, worker_does: str,
-                 pool: ViewPool | None = None):
+                 pool: ViewPool | None = None, reduced_decode: bool = True):
         self.reader, self.plan, self.seed, self.rank = reader, plan, seed, rank
         self.augment, self.worker_does, self.pool = augment, worker_does, pool
+        self.reduced_decode = reduced_decode
         self._cached: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,29 +113,51 @@ class _PlanBatches(Dataset):
         epoch, b, slot = key
         idx, valid = self._plan(epoch)
         ids = idx[b]
-        imgs = [decode_chw(self.reader.jpeg(int(i))) for i in ids]
+        jpegs = [self.reader.jpeg(int(i)) for i in ids]
         labels = torch.tensor([self.reader.label(int(i)) for i in ids], dtype=torch.int64)
-        h = torch.tensor([im.shape[1] for im in imgs])
-        w = torch.tensor([im.shape[2] for im in imgs])
         g = A.make_generator(self.seed, epoch, self.rank, b)
         aug = self.augment
-        params = aug.sample(g, h, w)
+        # params from the full sizes in the headers (the boxes' distribution of a full decode);
+        # then each image decoded only as large as its crops need, the boxes mapped onto it
+        where = lambda n: sample_name(self.reader, int(ids[n]))  # noqa: E731
+        try:
+            params = aug.sample(g, *header_sizes(jpegs))
+        except (OSError, SyntaxError, ValueError) as e:
+            bad = next(n for n, j in enumerate(jpegs) if not _header_ok(j))
+            raise FastdiscoError(f"{where(bad)}: cannot read the JPEG header ({type(e).__name__}: {e})") from None
+        if self.worker_does == "raw":  # the main process decodes on the GPU (gpu_decode)
+            return gpu_decode.byte_tensors(jpegs), params, labels, torch.from_numpy(ids.copy()), \
+                torch.from_numpy(valid[b].copy())
+        imgs, local, _ = decode_batch(jpegs, params, aug.resolution, self.reduced_decode, where)
         # in a worker process (one torch thread each) images run inline; without workers the
         # main process spreads them over its augmentation threads
         run = aug.cpu if torch.utils.data.get_worker_info() is None else None
         if self.worker_does == "augment":  # into the pool's slot when the task names one: only its number returns
             outs = self.pool.slots[slot] if slot != NO_SLOT else None
-            views = A.augment_cpu(imgs, params, aug.resolution, aug.dtype, aug.channels_last, aug.antialias, run,
+            views = A.augment_cpu(imgs, local, aug.resolution, aug.dtype, aug.channels_last, aug.antialias, run,
                                   crop_u8=True, outs=outs)
             payload = slot if outs is not None else views
         elif self.worker_does == "crop":
             payload = []
-            for hp in map(A.host_params, params):  # image by image: no padded batch on the CPU
+            for hp in map(A.host_params, local):  # image by image: no padded batch on the CPU
                 crops = [A.crop_one(im, hp, n, aug.resolution, aug.antialias, u8=True) for n, im in enumerate(imgs)]
                 payload.append(torch.cat(crops).to(torch.uint8))
-        else:
-            payload = pad_stack(imgs)
+        else:  # each view's crop regions, padded to the largest region: never a full-size padded batch
+            payload = crop_regions(imgs, local)
         return payload, params, labels, torch.from_numpy(ids.copy()), torch.from_numpy(valid[b].copy())
+
+
+def sample_name(reader: SampleReader, i: int) -> str:
+    """'shard file, sample i' for messages about one record."""
+    return f"{reader.index.tars[int(reader.index.shard[i])]}, sample {i}"
+
+
+def _header_ok(jpeg: bytes) -> bool:
+    try:
+        header_sizes([jpeg])
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 class _KeysFrom(Sampler):
@@ -172,7 +192,15 @@ class TorchLoader(BaseLoader):
         self.reader = SampleReader(ShardIndex.build(cfg.path, self.manifest))
         on = cfg.crop_on
         cuda = self.device.type == "cuda"
+        dev = cfg.decode_device
+        if dev == "auto":
+            dev = "mixed" if cuda and gpu_decode.available(str(self.device)) else "cpu"
+        if dev == "mixed" and not cuda:
+            raise FastdiscoError("config key 'data.decode_device': 'mixed' (GPU decoding) needs a CUDA training device")
+        self.decode_device = dev
         self.worker_does = "decode" if on == "device" or (on == "auto" and cuda) else ("crop" if cuda else "augment")
+        if dev == "mixed":  # nvJPEG in the main process: the workers only read bytes and draw params
+            self.worker_does = "raw"
         self._dl: DataLoader | None = None
         self._pool: ViewPool | None = None
         self._it = None                 # the DataLoader's iterator, running ahead of the consumer
@@ -194,7 +222,8 @@ class TorchLoader(BaseLoader):
                     self._pool = ViewPool.of_views(PREFETCH * nw + POOL_SPARE, self.num_views, self.cfg.batch_size,
                                                    self.cfg.resolution, self.augment.dtype, self.augment.channels_last,
                                                    shared=nw > 0)
-            ds = _PlanBatches(self.reader, plan, self.cfg.seed, self.rank, self.augment, self.worker_does, self._pool)
+            ds = _PlanBatches(self.reader, plan, self.cfg.seed, self.rank, self.augment, self.worker_does, self._pool,
+                              self.cfg.reduced_decode)
             self._dl = DataLoader(ds, batch_size=None, sampler=_KeysFrom(self), num_workers=nw,
                                   pin_memory=self.device.type == "cuda", prefetch_factor=PREFETCH if nw > 0 else None,
                                   persistent_workers=nw > 0, worker_init_fn=_ignore_sigterm if nw > 0 else None,
@@ -225,13 +254,19 @@ class TorchLoader(BaseLoader):
                 continue
             if self.worker_does == "crop":
                 cropped = payload
+            elif self.worker_does == "raw":  # one nvJPEG call, one padded batch, one crop op per view
+                # nvJPEG reads the bytes from (pinned) host memory
+                imgs = gpu_decode.pad_batch(gpu_decode.decode_batch(
+                    payload, self.device, lambda n: sample_name(self.reader, int(ids[n]))))
+                cropped = [A.crop_view(imgs, p, self.cfg.resolution, self.cfg.antialias) for p in params]
             else:
-                imgs = payload.to(self.device, non_blocking=nb)
+                regions, region_params = payload
+                a = self.augment
                 if not nb:  # CPU: crop, colour ops and normalisation image by image, as in a worker
-                    a = self.augment
-                    views = A.augment_cpu(imgs, params, a.resolution, a.dtype, a.channels_last, a.antialias, a.cpu,
-                                          crop_u8=True)
+                    views = [A.augment_cpu(r, [q], a.resolution, a.dtype, a.channels_last, a.antialias, a.cpu,
+                                           crop_u8=True)[0] for r, q in zip(regions, region_params)]
                     yield self._device_batch(views, params, labels, ids, val)
                     continue
-                cropped = [A.crop_view(imgs, p, self.cfg.resolution, self.cfg.antialias) for p in params]
+                cropped = [A.crop_view(r.to(self.device, non_blocking=nb), q, a.resolution, a.antialias)
+                           for r, q in zip(regions, region_params)]
             yield self._to_batch(cropped, params, labels, ids, val)
