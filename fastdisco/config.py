@@ -23,7 +23,7 @@ class DataConfig:
     """What to read and how to augment it (fastdisco.loader)."""
 
     path: str = ""                      # a prepared dataset (output of `fastdisco prepare-data`)
-    backend: Literal["torch", "dali", "ffcv"] = "torch"
+    backend: Literal["auto", "torch", "dali", "ffcv"] = "auto"  # auto = dali (GPU decode) on CUDA when DALI is installed and the dataset has shards, else torch
     decode_device: Literal["auto", "mixed", "cpu"] = "auto"  # mixed = GPU decode (dali; torch: nvJPEG via torchvision), auto = mixed on CUDA where available
     recipe: Literal["mocov2", "byol", "ssld", "linear", "eval"] = "mocov2"  # augmentation set
     resolution: int = 224

@@ -4,6 +4,7 @@ and statistical equivalence of the backends' augmentation."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -538,3 +539,20 @@ def test_dali_parallel_source_passes_the_torch_params_through_the_pipeline(prepa
     import os
 
     assert cpu_threads() == len(os.sched_getaffinity(0))  # threads from the machine, not num_workers
+
+
+def test_auto_backend_is_dali_on_cuda_with_dali_and_shards(tmp_path, monkeypatch):
+    """data.backend: auto (the default) picks DALI's GPU decode only where it can run: a CUDA device,
+    DALI installed, and webdataset shards in the prepared dataset; torch everywhere else."""
+    import fastdisco.loader as L
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": [{"tar": "shard-000000.tar"}]}))
+    monkeypatch.setattr(L, "_have_dali", lambda: True)
+    assert L.resolve_backend("auto", "cuda", tmp_path) == "dali"
+    assert L.resolve_backend("auto", "cpu", tmp_path) == "torch"
+    assert L.resolve_backend("ffcv", "cuda", tmp_path) == "ffcv"  # an explicit choice is kept
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": []}))  # prepared with --format ffcv
+    assert L.resolve_backend("auto", "cuda", tmp_path) == "torch"
+    monkeypatch.setattr(L, "_have_dali", lambda: False)
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": [{"tar": "shard-000000.tar"}]}))
+    assert L.resolve_backend("auto", "cuda", tmp_path) == "torch"
