@@ -10,9 +10,11 @@ Layout of a batch of N samples (dim 0):
   fewer than two groups, or group_size is 0, the whole view is one group.
 With one view and one group this is plain BatchNorm (PyTorch's own kernel).
 
-The statistics are reductions over a view of the input, [views, B/G, G, C, *spatial], so the
-input is never reshaped into another layout: the output and the input gradient come out in the
-input's memory format (channels_last or contiguous) with no copy of the activation.
+No copy of the activation, in either memory format: one view of a contiguous input is
+[B/G, G*C, *spatial] as a view (channel block g = group g), normalised by PyTorch's own fused
+kernel; every other case (channels_last, several views) reduces over a view of the input,
+[views, B/G, G, C, *spatial], with torch ops (var_mean, addcmul; BN's backward formula per
+group), so the output and the input gradient come out in the input's memory format.
 
 Running statistics (when tracked): each view updates them once, in view order, with the mean
 over its groups of the groups' batch mean / unbiased variance - exactly what one forward per view
@@ -25,6 +27,7 @@ import contextlib
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 _VIEWS = 1  # views stacked along the batch of the forward being run (set by batched_views)
 
@@ -103,9 +106,12 @@ class _GroupedBatchNormFn(torch.autograd.Function):
         count = x6.numel() // rstd.numel()
         shape = [1] * x6.dim()
         shape[3] = x6.shape[3]
-        xmu = x6 - m0  # x - mean = xmu - delta
+        # x - mean = base - shift: low precision centres on m0 first (exact to x's precision);
+        # fp32 / fp64 use x itself (one pass fewer, cancellation far below the tolerances)
+        low = x6.dtype != acc
+        base, shift = (x6 - m0, delta) if low else (x6, m0)
         sum_dy = _mean(dy, dims, acc) * count
-        sum_dy_xc = _mean(xmu * dy, dims, acc) * count - delta * sum_dy  # sum(dy * (x - mean))
+        sum_dy_xc = _mean(base * dy, dims, acc) * count - shift * sum_dy  # sum(dy * (x - mean))
         per_channel = [0, 2]  # the groups share the affine parameters: sum over views and groups
         dweight = (sum_dy_xc * rstd).sum(per_channel).view(-1).to(weight.dtype) \
             if weight is not None and ctx.needs_input_grad[1] else None
@@ -116,9 +122,9 @@ class _GroupedBatchNormFn(torch.autograd.Function):
             k = rstd if weight is None else rstd * weight.to(acc).view(shape)
             # dx = k * (dy - sum_dy / count - (x - mean) * rstd^2 * sum_dy_xc / count)
             coef = -k * rstd * rstd * sum_dy_xc / count
-            offset = -k * sum_dy / count - delta * coef
-            dt = xmu.dtype
-            dx = xmu.mul_(coef.to(dt)).add_(offset.to(dt)).addcmul_(dy, k.to(dt))
+            offset = -k * sum_dy / count - shift * coef
+            dt = x6.dtype
+            dx = torch.addcmul(offset.to(dt), base, coef.to(dt)).addcmul_(dy, k.to(dt))
         return dx, dweight, dbias, None, None
 
 
@@ -162,10 +168,30 @@ class _GroupedBatchNorm:
         track = self.track_running_stats and self.running_mean is not None
         # grouped statistics always use an exponential average (momentum None: 0.1, as before)
         momentum = self.momentum if self.momentum is not None else 0.1
+        if views == 1 and x.is_contiguous():
+            return self.post(self._native_groups(x, groups, track, momentum))
         y = grouped_batch_norm(x, views, groups, self.weight, self.bias,
                                self.running_mean if track else None, self.running_var if track else None,
                                self.num_batches_tracked if track else None, momentum, self.eps)
         return self.post(y)
+
+    def _native_groups(self, x: torch.Tensor, groups: int, track: bool, momentum: float) -> torch.Tensor:
+        """One view, contiguous input: [N, C, *] -> [N/G, G*C, *] is a view (channel block g =
+        samples j mod G), so PyTorch's own fused kernel runs on it with parameters repeated per
+        group; the same statistics and updates as grouped_batch_norm (tests/test_grouped_bn.py)."""
+        n, c = x.shape[0], x.shape[1]
+        mean = self.running_mean.repeat(groups) if track else None
+        var = self.running_var.repeat(groups) if track else None
+        weight = self.weight.repeat(groups) if self.weight is not None else None
+        bias = self.bias.repeat(groups) if self.bias is not None else None
+        y = F.batch_norm(x.view(n // groups, groups * c, *x.shape[2:]), mean, var, weight, bias, True, momentum,
+                         self.eps)
+        if track:
+            with torch.no_grad():
+                self.running_mean.copy_(mean.view(groups, c).mean(0))
+                self.running_var.copy_(var.view(groups, c).mean(0))
+                self.num_batches_tracked.add_(1)
+        return y.view(x.shape)
 
 
 class GroupedBatchNorm2d(_GroupedBatchNorm, nn.BatchNorm2d):
