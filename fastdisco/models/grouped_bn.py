@@ -149,7 +149,7 @@ def grouped_batch_norm(x: torch.Tensor, views: int, groups: int, weight, bias, r
                 running_var.lerp_(per_view_var[v].to(running_var.dtype), momentum)
             if num_batches_tracked is not None:
                 num_batches_tracked.add_(views)
-    return y6.view(x.shape)
+    return y6.reshape(x.shape)  # a view: y6 has x6's layout
 
 
 class _GroupedBatchNorm:
