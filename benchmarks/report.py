@@ -224,6 +224,20 @@ def augment_cpu_section(rows: list[dict]) -> list[str]:
         r.get("fused_ms_per_view"), ratio(r.get("speedup")), r.get("numba"), commit(r), date(r)])
 
 
+def grouped_bn_section(rows: list[dict]) -> list[str]:
+    intro = ["## Grouped BN without copies (`benchmarks/bench_grouped_bn.py`)", "",
+             "Forward + backward of shuffle-BN's grouped BatchNorm: the copy-free layer "
+             "(`fastdisco.models.grouped_bn`) against the reshape-and-copy one it replaced, timed alternately in "
+             "one run. `one_view`: one layer call; `two_views`: old = one call per view, new = one batched call "
+             "(`batched_views(2)`); `student_two_views`: the whole student on both views.", ""]
+    hdr = ["label", "case", "layer / student", "size", "batch/view", "group", "dtype", "format", "old ms", "new ms",
+           "speedup", "commit", "date"]
+    return per_device_section(intro, rows, hdr, lambda r: [
+        r.get("label"), r.get("case"), r.get("student") or f"C={r.get('channels')}", r.get("size") or r.get("resolution"),
+        r.get("batch_per_view"), r.get("group"), r.get("dtype"), r.get("memory_format"), r.get("old_ms"),
+        r.get("new_ms"), ratio(r.get("speedup")), commit(r), date(r)])
+
+
 # --------------------------------------------------------------------------- plots
 def _latest_run(rows: list[dict]) -> list[dict]:
     """Rows of the newest invocation (run_id, else the same date stamp)."""
@@ -309,6 +323,7 @@ def build(results_dir: Path, out: Path, plots_dir: Path) -> str:
     losses = read_rows("losses", results_dir)
     prep = read_rows("prepare", results_dir)
     aug = read_rows("augment_cpu", results_dir)
+    gbn = read_rows("grouped_bn", results_dir)
     steps = [r for r in tp if r.get("mode") in ("model", "step")]
     loaders = [r for r in tp if r.get("mode") == "loader"]
     pngs = plots(tp, losses, plots_dir)
@@ -327,7 +342,7 @@ def build(results_dir: Path, out: Path, plots_dir: Path) -> str:
                   "standalone `--mode step` run was as slow. Not yet explained (oneDNN bf16 warm-up is a "
                   "suspect), so the CPU `model` ratios and `vs model` are not meaningful.", ""]
     lines += ["## To run on a GPU", "", GPU_COMMANDS, ""]
-    lines += step_section(steps) + loader_section(loaders) + augment_cpu_section(aug) + losses_section(losses) + prepare_section(prep)
+    lines += step_section(steps) + loader_section(loaders) + augment_cpu_section(aug) + grouped_bn_section(gbn) + losses_section(losses) + prepare_section(prep)
     if pngs:
         lines += ["## Plots", ""]
         for p in pngs:

@@ -60,7 +60,10 @@ class ModelConfig:
     teacher_ckpt: str = ""              # local checkpoint file (never downloaded)
     teacher_format: Literal["auto", "timm", "mocov2", "swav", "byol", "dino", "fastdisco", "safetensors", "paddle"] = "auto"
     teacher_stem: Literal["", "default", "small"] = ""  # "" = the stem a fastdisco checkpoint records (else default)
-    teacher_bn: Literal["train", "eval"] = "train"  # official DisCo and SSLD: train mode
+    teacher_bn: Literal["train", "eval"] = "train"  # official DisCo and SSLD: train mode; eval folds conv+BN
+    # teacher_bn train: BN statistics per group of this many samples of each view (official DisCo:
+    # 32 per GPU per view); one grouped implementation with the student's. 0 = each view's whole batch
+    teacher_bn_group: int = 32
     teacher_proj_hidden: int = 2048     # teacher's MoCo v2 head 2048-2048-128; checked against the file (0 = accept any)
     teacher_mean: tuple[float, ...] = ()  # teacher's input mean; () = ImageNet for SSL formats, timm's cfg for timm weights
     teacher_std: tuple[float, ...] = ()   # teacher's input std; () = as teacher_mean
@@ -332,6 +335,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.proj_dim": _ge(1),
     "model.teacher_proj_hidden": _ge(0),
     "model.shuffle_bn_group": _ge(0),
+    "model.teacher_bn_group": _ge(0, "(0 = each view's whole batch)"),
     "method.temperature": _gt(0),
     "method.queue_size": _ge(1),
     "method.momentum": _within(0, 1),

@@ -62,9 +62,10 @@ def build_models(cfg, method_cls, teacher=None, device="cpu", mem=torch.contiguo
 
         init_student(student, cfg.model.init_ckpt)
     if teacher is None and method_cls.needs_teacher:
-        from fastdisco.models.teacher import load_teacher
+        from fastdisco.models.teacher import load_teacher, teacher_dtype
 
-        teacher = load_teacher(cfg.model, output=method_cls.teacher_output)
+        teacher = load_teacher(cfg.model, output=method_cls.teacher_output, fold_bn=True,  # teacher_bn eval: conv+BN folded
+                               dtype=teacher_dtype(cfg.train.precision, device))  # bf16 under CUDA bf16 autocast
     if teacher is not None:
         teacher = teacher.to(device, memory_format=mem)
     torch.manual_seed(cfg.train.seed + 1)

@@ -4,6 +4,8 @@
 - disco:  mocov2 + distillation of the final embedding on *both* views (docs/recipes.md, DisCo):
           the student query encoder runs with grad on view0 and view1, the frozen teacher on both,
           loss = infonce + w * (D(s(v0), t(v0)) + D(s(v1), t(v1))), D = 2 - 2 cos per sample.
+          Student and teacher each take both views in one batched forward where BN allows it
+          (grouped BN never mixes the views: same outputs, gradients and running statistics).
 - supervised: cross-entropy of the student's classifier on the labels (a supervised SSLD teacher,
           the labels-only baseline); one view, labels must be >= 0 and < model.num_classes.
 - ssld:   symmetric KL (T = method.kl_temperature) between student and teacher logits on the one
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from fastdisco.errors import FastdiscoError
 from fastdisco.distributed import world_size
+from fastdisco.models.grouped_bn import batched_views, mixes_views
 from fastdisco.models.student import (KeyQueue, check_shuffle_bn_batch, ema_update, make_key_encoder,
                                       shuffled_forward)
 
@@ -207,17 +210,33 @@ class DisCo(MoCoV2):
     needs_teacher = True
     teacher_output = "embedding"
 
+    def __init__(self, cfg, student, teacher=None):
+        super().__init__(cfg, student, teacher)
+        # Both views through the student in one forward, and through the teacher in another,
+        # wherever that equals one forward per view: grouped BN keeps the views' statistics apart
+        # (batched_views); a training-mode plain BN or SyncBN would mix them, so those run per view.
+        self.batch_student_views = not mixes_views(student)
+        self.batch_teacher_views = teacher is not None and not mixes_views(teacher)
+
     def distill_scale(self) -> float:
         if self.cfg.distill_reduction == "sum":
             return float(OFFICIAL_DISCO_PER_GPU_BATCH) * self.cfg.distill_weight
         return self.cfg.distill_weight
 
+    @staticmethod
+    def both_views(run: Callable, x0: torch.Tensor, x1: torch.Tensor, batched: bool):
+        """(run(x0), run(x1)), as one forward of [x0; x1] when `batched`."""
+        if not batched:
+            return run(x0), run(x1)
+        with batched_views(2):
+            out = run(torch.cat([x0, x1]))
+        return out[:x0.shape[0]], out[x0.shape[0]:]
+
     def step(self, batch):
         self.check_batch(batch)
         x0, x1 = batch.views[0], batch.views[1]
-        s0 = self.run_student(x0)
-        s1 = self.run_student(x1)
-        t0, t1 = self.teach(x0), self.teach(x1)
+        s0, s1 = self.both_views(self.run_student, x0, x1, self.batch_student_views)
+        t0, t1 = self.both_views(self.teach, x0, x1, self.batch_teacher_views)
         nce = self.contrastive(s0, x1)
         scale = self.distill_scale()
         d0 = embedding_distill_loss(s0, t0, reduction="mean", impl=self.cfg.loss_impl)

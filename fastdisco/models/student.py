@@ -12,7 +12,6 @@ Across ranks the key batch is shuffled globally, as MoCo does (`shuffled_forward
 from __future__ import annotations
 
 import copy
-import warnings
 
 import fastdisco._compat  # noqa: F401  (torchvision import fix before timm, where the install did not apply it)
 import torch
@@ -20,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastdisco.distributed import all_gather_cat, batch_shuffle, batch_unshuffle, shared_randperm, world_size
+from fastdisco.models.grouped_bn import GroupedBatchNorm2d, convert_grouped_bn  # noqa: F401  (grouped BN lives there)
 
 
 # --------------------------------------------------------------------------- student
@@ -103,66 +103,6 @@ def set_stem(model: nn.Module, stem: str, where: str = "model") -> nn.Module:
         model.conv1 = new
     model.maxpool = nn.Identity()
     return model
-
-
-# --------------------------------------------------------------------------- grouped BN
-class GroupedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training-mode statistics are computed per group of `group_size`
-    samples (group of sample i = i mod G, G = N / group_size), as if each group sat on its own
-    GPU. Same parameters and buffers (same state_dict keys) as the BatchNorm2d it replaces;
-    running stats are the mean over groups. Plain BN when N is not a multiple of group_size or
-    holds a single group. Trick from the official MoCo CIFAR demo (SplitBatchNorm).
-    `post` holds the activation / drop of timm's BatchNormAct2d (no parameters, no keys)."""
-
-    def __init__(self, num_features: int, group_size: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, post: nn.Module | None = None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats)
-        self.group_size = group_size
-        self.post = post if post is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        groups = n // self.group_size
-        if not self.training or groups < 2 or n % self.group_size:
-            if self.training and not (n == self.group_size and world_size() > 1):  # one group per rank: MoCo's layout
-                warnings.warn(f"GroupedBatchNorm2d: a batch of {n} is not 2+ groups of {self.group_size}: "
-                              f"plain BatchNorm over the whole batch (no shuffle-BN)")
-            return self.post(super().forward(x))
-        # [N, C, H, W] -> [N/G, G*C, H, W]: channel block g holds the samples i = g mod G.
-        mean = self.running_mean.repeat(groups) if self.track_running_stats else None
-        var = self.running_var.repeat(groups) if self.track_running_stats else None
-        wgt = self.weight.repeat(groups) if self.affine else None
-        bias = self.bias.repeat(groups) if self.affine else None
-        y = F.batch_norm(x.reshape(n // groups, groups * c, h, w), mean, var, wgt, bias, True,
-                         self.momentum if self.momentum is not None else 0.1, self.eps)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.running_mean.copy_(mean.view(groups, c).mean(0))
-                self.running_var.copy_(var.view(groups, c).mean(0))
-                self.num_batches_tracked.add_(1)
-        return self.post(y.reshape(n, c, h, w).contiguous(memory_format=_fmt(x)))
-
-
-def _fmt(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-
-
-def convert_grouped_bn(module: nn.Module, group_size: int) -> nn.Module:
-    """Replace every BatchNorm2d (incl. timm's BatchNormAct2d) in place by GroupedBatchNorm2d,
-    keeping parameters, buffers and state_dict keys."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, GroupedBatchNorm2d):
-            post = None
-            if hasattr(child, "act") and hasattr(child, "drop"):  # timm BatchNormAct2d
-                post = nn.Sequential(child.drop, child.act)
-            new = GroupedBatchNorm2d(child.num_features, group_size, child.eps, child.momentum, child.affine,
-                                     child.track_running_stats, post)
-            new.load_state_dict(child.state_dict())
-            new.train(child.training)
-            setattr(module, name, new)
-        else:
-            convert_grouped_bn(child, group_size)
-    return module
 
 
 # --------------------------------------------------------------------------- momentum encoder

@@ -16,8 +16,17 @@ BatchNorm mode (`cfg.model.teacher_bn`):
            official code we do NOT update the running statistics (BN layers get
            `track_running_stats=False`): in train mode they are never read, so the teacher's
            outputs are the same, while its weights stay exactly those of the file.
-           Batch statistics are per device (per-rank batch), like the official per-GPU BN.
+           Statistics per group of `cfg.model.teacher_bn_group` samples of each view, like the
+           official per-GPU BN (32 per GPU per view): every BN (the head's BatchNorm1d too) is
+           the student's GroupedBatchNorm (fastdisco.models.grouped_bn), so the two views run
+           as one batched forward (`batched_views(2)`) with statistics never mixing them.
+           0 = the whole per-device batch of each view.
   "eval"   the stored running statistics; outputs do not depend on the rest of the batch.
+           For training (`fold_bn=True`, set by the engine) each conv -> BN pair of the backbone
+           is folded into one conv (fastdisco.models.fold_bn): the same outputs up to rounding.
+
+Weights: `dtype` (the engine passes bf16 when it trains under bf16 autocast on CUDA:
+`teacher_dtype`), so autocast does not recast fp32 weights on every call; fp32 otherwise.
 Every other layer (dropout, drop-path) is always in eval mode; `.train()` / `.eval()` calls from
 the engine do not change any of this.
 """
@@ -68,8 +77,8 @@ class Teacher(nn.Module):
         """Ignore the requested mode: everything eval, BN as configured (see module doc)."""
         super().train(False)
         for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.train(self.bn_mode == "train")
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):  # the BN alone, not a grouped BN's `post`
+                m.training = self.bn_mode == "train"
         return self
 
     @torch.no_grad()
@@ -146,8 +155,9 @@ def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
 
 
 def load_teacher(model_cfg, output: Output = "embedding", device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None, channels_last: bool = False) -> Teacher:
-    """Build the frozen teacher described by `cfg.model` (see the module docstring)."""
+                 dtype: torch.dtype | None = None, channels_last: bool = False, fold_bn: bool = False) -> Teacher:
+    """Build the frozen teacher described by `cfg.model` (see the module docstring). `fold_bn`
+    (teacher_bn eval; the engine sets it): conv -> BN pairs folded, equal up to rounding."""
     import timm
 
     if output not in ("embedding", "logits"):
@@ -208,6 +218,7 @@ def load_teacher(model_cfg, output: Output = "embedding", device: str | torch.de
         log.info("teacher %s: left out %d unused checkpoint entries: %s", name, len(dropped), fmt_keys(dropped))
 
     mean, std = _teacher_norm(model_cfg, conv.format, backbone)
+    backbone, head = _set_bn(backbone, head, model_cfg, name, fold_bn)
     teacher = Teacher(backbone, head, mean, std, model_cfg.teacher_bn, output, name, conv.format)
     teacher.to(device=device)
     if dtype is not None:
@@ -215,6 +226,33 @@ def load_teacher(model_cfg, output: Output = "embedding", device: str | torch.de
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
     return teacher
+
+
+def teacher_dtype(precision: str, device) -> torch.dtype | None:
+    """The teacher's weight dtype for a run: bf16 under bf16 autocast on CUDA (the teacher takes
+    no gradient, so nothing needs fp32 master weights); None (fp32 as loaded) otherwise, CPU included."""
+    return torch.bfloat16 if precision == "bf16" and torch.device(device).type == "cuda" else None
+
+
+def _set_bn(backbone: nn.Module, head: nn.Module, model_cfg, name: str,
+            fold_bn: bool) -> tuple[nn.Module, nn.Module]:
+    """teacher_bn train: grouped BN statistics (module docstring); eval + fold_bn: conv -> BN folded."""
+    from fastdisco.models.grouped_bn import convert_grouped_bn
+
+    if model_cfg.teacher_bn == "train":
+        group = getattr(model_cfg, "teacher_bn_group", 32)
+        return (convert_grouped_bn(backbone, group, include_1d=True),
+                convert_grouped_bn(head, group, include_1d=True))
+    if not fold_bn:
+        return backbone, head
+    from fastdisco.models.fold_bn import fold_conv_bn
+
+    size = int(((getattr(backbone, "pretrained_cfg", None) or {}).get("input_size") or (3, 64, 64))[-1])
+    probe = torch.randn(2, 3, min(size, 64), min(size, 64), generator=torch.Generator().manual_seed(0))
+    backbone, folded = fold_conv_bn(backbone.eval(), probe)
+    if folded:
+        log.info("teacher %s: %d conv -> BN pairs folded (teacher_bn=eval)", name, folded)
+    return backbone, head
 
 
 def _teacher_norm(model_cfg, fmt: str, model: nn.Module) -> tuple[tuple, tuple]:
