@@ -116,8 +116,8 @@ def test_compile_mode_reaches_torch_compile(monkeypatch):
     from fastdisco.engine.trainer import compile_options
     from fastdisco.models.methods import MoCoV2
 
-    assert compile_options(TrainConfig()) == {}
-    assert compile_options(TrainConfig(compile_mode="reduce-overhead")) == {"mode": "reduce-overhead"}
+    assert compile_options(TrainConfig()) == {"dynamic": False}  # static shapes: see compile_options
+    assert compile_options(TrainConfig(compile_mode="reduce-overhead")) == {"dynamic": False, "mode": "reduce-overhead"}
     seen = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
     m = MoCoV2.__new__(MoCoV2)

@@ -88,7 +88,11 @@ def compile_options(train_cfg) -> dict:
     """torch.compile keyword arguments from the config: `train.compile_mode` ("default",
     "reduce-overhead" = CUDA graphs, "max-autotune" = autotuned kernels + CUDA graphs)."""
     mode = getattr(train_cfg, "compile_mode", "default")
-    return {} if mode == "default" else {"mode": mode}
+    # Static shapes: every step has the same batch (full batches only), and the student code
+    # runs at two batch sizes (both views batched; the key encoder's one view). Left to Dynamo's
+    # automatic dynamic shapes, the second size would recompile the student with a symbolic batch
+    # dimension, whose grouped-BN layout arithmetic costs minutes of symbolic reasoning.
+    return {"dynamic": False} | ({} if mode == "default" else {"mode": mode})
 
 
 def gather_objects(obj, world: int) -> list:
