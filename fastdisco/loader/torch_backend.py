@@ -115,7 +115,7 @@ class _PlanBatches(Dataset):
         epoch, b, slot = key
         idx, valid = self._plan(epoch)
         ids = idx[b]
-        imgs = [decode_chw(self.reader.jpeg(int(i))) for i in ids]
+        imgs = [self.reader.decoded(int(i), decode_chw) for i in ids]  # errors name shard + sample
         labels = torch.tensor([self.reader.label(int(i)) for i in ids], dtype=torch.int64)
         h = torch.tensor([im.shape[1] for im in imgs])
         w = torch.tensor([im.shape[2] for im in imgs])
