@@ -135,8 +135,8 @@ def test_manifest_without_checksums_still_loads_and_says_so(copy, capsys):
     assert next(iter(loader)).views[0].shape[0] == 4
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_loader_names_shard_and_sample_of_an_undecodable_jpeg(copy, workers):
+@pytest.mark.parametrize("backend,workers", [("torch", 0), ("torch", 1)] + ([("dali", 1)] if have_backend("dali") else []))
+def test_loader_names_shard_and_sample_of_an_undecodable_jpeg(copy, backend, workers):
     from fastdisco.dataset.webdataset import read_index
     from fastdisco.loader import make_loader
 
@@ -146,7 +146,7 @@ def test_loader_names_shard_and_sample_of_an_undecodable_jpeg(copy, workers):
     data = bytearray(tar.read_bytes())
     data[e.offset:e.offset + e.size] = b"\0" * e.size  # same size: only decoding can tell
     tar.write_bytes(bytes(data))
-    cfg = DataConfig(path=str(copy), backend="torch", batch_size=12, resolution=16, num_workers=workers,
+    cfg = DataConfig(path=str(copy), backend=backend, batch_size=12, resolution=16, num_workers=workers,
                      recipe="eval", drop_last=False)
     with pytest.raises(FastdiscoError) as err, make_loader(cfg, device=torch.device("cpu")) as loader:
         next(iter(loader))
@@ -167,3 +167,28 @@ def test_damaged_label_names_shard_and_sample(copy):
     assert reader.label(0) in (0, 1)
     with pytest.raises(FastdiscoError, match=rf"{tar} sample 000000001: damaged label"):
         reader.label(1)
+
+
+def test_train_on_a_damaged_sample_is_one_line_and_exits(copy, tmp_path):
+    """Through the CLI with a DataLoader worker: the worker's error arrives as one line naming the
+    sample, and the process exits (a worker kept alive by the error's traceback hung the exit)."""
+    import subprocess
+
+    from fastdisco.dataset.webdataset import read_index
+
+    s = manifest(copy)["shards"][0]
+    e = read_index(copy / s["index"])[3]["jpg"]
+    tar = copy / s["tar"]
+    data = bytearray(tar.read_bytes())
+    data[e.offset:e.offset + e.size] = b"\0" * e.size
+    tar.write_bytes(bytes(data))
+    sets = [f"data.path={copy}", "data.batch_size=12", "data.resolution=16", "data.num_workers=1",
+            "model.student=test_resnet", "model.proj_hidden=16", "model.proj_dim=8", "model.shuffle_bn_group=0",
+            "method.name=mocov2", "method.queue_size=24", "train.max_steps=2", "train.device=cpu",
+            "train.precision=fp32", "train.compile=false", "train.progress=false", "train.tensorboard=false",
+            f"train.out_dir={tmp_path / 'run'}"]
+    cmd = [sys.executable, "-m", "fastdisco", "train"] + [a for kv in sets for a in ("--set", kv)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(err) == 1, p.stderr[-2000:]
+    assert f"{tar} sample 000000003: damaged JPEG" in err[0]

@@ -284,7 +284,10 @@ class SampleReader:
 
     def decoded(self, i: int, decode):
         """decode(jpeg bytes of sample i); a sample that does not decode is an error naming it."""
-        data = self.jpeg(i)
+        return self.parse(i, self.jpeg(i), decode)
+
+    def parse(self, i: int, data: bytes, decode):
+        """decode(data), `data` being sample i's JPEG bytes already read; errors name the sample."""
         try:
             return decode(data)
         except (KeyboardInterrupt, MemoryError):

@@ -100,7 +100,7 @@ class DaliLoader(BaseLoader):
             idx, valid = plans[e]
             ids = idx[b]
             data = [reader.jpeg(int(i)) for i in ids]
-            hw = torch.tensor([jpeg_size(d) for d in data])
+            hw = torch.tensor([reader.parse(int(i), d, jpeg_size) for i, d in zip(ids, data)])  # errors name the sample
             params = A.sample_params(A.make_generator(seed, e, rank, b), views, hw[:, 0], hw[:, 1], res)
             labels = torch.tensor([reader.label(int(i)) for i in ids], dtype=torch.int64)
             pending.append((params, labels, torch.from_numpy(ids.copy()), torch.from_numpy(valid[b].copy())))
