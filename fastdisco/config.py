@@ -142,6 +142,9 @@ class TrainConfig:
     ckpt_every: int = 500               # optimizer steps between checkpoints (also at the end and on SIGTERM/SIGINT)
     keep_ckpts: int = 2                 # step_*.pt files kept (last.pt always)
     resume: bool = True                 # continue from out_dir/checkpoints/last.pt when present
+    # resume even though optim / data / method / train values differ from the checkpoint's config
+    # (the changes are printed); off: such a resume is refused. The student's architecture never changes
+    allow_config_change: bool = False
     nan_policy: Literal["stop", "skip"] = "stop"  # non-finite loss: stop, or skip those steps
     tensorboard: bool = True
     progress: bool = True               # tqdm bar (rank 0)

@@ -5,6 +5,15 @@
 class FastdiscoError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
+    def __init__(self, *args):
+        # torch's DataLoader re-raises a worker's error as type(e)("Caught X in DataLoader worker
+        # process N.\nOriginal Traceback ..."): keep the worker's own one-line message
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught ") \
+                and "\nOriginal Traceback" in args[0]:
+            last = args[0].rstrip().splitlines()[-1]
+            args = (last.split(": ", 1)[1] if ": " in last else last,)
+        super().__init__(*args)
+
 
 class UsageError(FastdiscoError):
     """The command line or the config is wrong (unknown key, bad value, missing argument): exit 2."""

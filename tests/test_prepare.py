@@ -48,7 +48,8 @@ def test_manifest(prepared):
     assert m["format_version"] == 1 and m["num_samples"] == len(files) == 15
     assert m["classes"] == classes and m["num_classes"] == 3 and m["labeled"] is True
     assert m["skipped"] == 0 and (out / "skipped.tsv").read_text() == ""
-    assert m["formats"] == ["ffcv", "dali"] and m["ffcv"] == {"path": "data.beton"}
+    assert m["formats"] == ["ffcv", "dali"] and m["ffcv"]["path"] == "data.beton"
+    assert set(m["ffcv"]) == {"path", "bytes", "sha256"} and m["checksum"] == "sha256"
     assert [(s["first"], s["count"]) for s in m["shards"]] == [(0, 4), (4, 4), (8, 4), (12, 3)]
     assert m["settings"]["max_side"] == MAX_SIDE and m["settings"]["quality"] == QUALITY
     assert json.loads((out / "manifest.json").read_text()) == m

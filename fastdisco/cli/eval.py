@@ -206,6 +206,14 @@ def main(args: argparse.Namespace) -> int:
         manifests["train"] = read_manifest(args.train, "train", True)
         if args.val:
             manifests["val"] = read_manifest(args.val, "val", True)
+            from fastdisco.evaluation.classes import val_to_train_labels
+
+            # val labels as train's indices (matched by class name); None: the lists are identical
+            args._val_labels = val_to_train_labels(manifests["train"].get("classes") or [],
+                                                   manifests["val"].get("classes") or [], args.train, args.val)
+            if args._val_labels is not None and args.protocol == "linear" and args.full:
+                raise FastdiscoError(f"linear --full needs --train {args.train} and --val {args.val} with identical "
+                                     "class lists (the cached-feature protocols map val classes by name)")
 
     import torch
 
@@ -236,7 +244,8 @@ def main(args: argparse.Namespace) -> int:
         "model": {"name": lb.name, "kind": lb.kind, "source": lb.source, "num_classes": lb.num_classes,
                   **{k: v for k, v in lb.meta.items() if k not in ("config", "provenance")}},
         "data": {"train": args.train, "val": args.val, "holdout": args.holdout or None, "backend": args.backend,
-                 "resolution": args.resolution, "batch_size": args.batch_size},
+                 "resolution": args.resolution, "batch_size": args.batch_size,
+                 "val_classes_mapped_by_name": getattr(args, "_val_labels", None) is not None},
         "seconds": round(time.time() - t0, 2),
         "command": shlex.join(sys.argv),
         "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
@@ -314,6 +323,8 @@ def _train_val_features(args, lb, device, dtype, progress):
     tr = _labelled(*_features(args, lb, args.train, "eval", device, dtype, progress, "train features"), "train")
     if args.val:
         va = _labelled(*_features(args, lb, args.val, "eval", device, dtype, progress, "val features"), "val")
+        if getattr(args, "_val_labels", None) is not None:  # val's class indices -> train's, by name
+            va = (va[0], torch.tensor(args._val_labels, device=va[1].device)[va[1]], va[2])
     else:
         pos = balanced_subset(tr[1], args.holdout, seed=args.seed).to(tr[0].device)
         mask = torch.ones(tr[1].numel(), dtype=torch.bool, device=tr[0].device)

@@ -12,6 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe (overrides of the defaults in fastdisco/config.py)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (repeatable), e.g. --set train.out_dir=runs/x")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume a run folder whose checkpoint has other config values (lr, batch size, ...): "
+                             "the changes are printed; same as --set train.allow_config_change=true")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     format_help = parser.format_help
 
@@ -29,6 +32,8 @@ def main(args: argparse.Namespace) -> int:
     from fastdisco.config import build_config, to_dict
 
     cfg = build_config(args.config, args.sets)
+    if getattr(args, "allow_config_change", False):
+        cfg.train.allow_config_change = True
     if args.print_config:
         import yaml
 

@@ -118,3 +118,51 @@ def write_beton(path: Path, samples: ShardSamples, max_side: int, quality: int,
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def beton_damage(path: str | os.PathLike, num_samples: int | None = None) -> str | None:
+    """Why the .beton at `path` cannot be read in full (one phrase), or None. Reads only its header,
+    field table, per-sample metadata and allocation table (stored at the end of the file), so a
+    truncated file is found at once; damage inside a JPEG needs the checksum (`inspect --full`)."""
+    import warnings
+
+    from ffcv.reader import Reader
+
+    size = os.path.getsize(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy warns on short reads: they are reported below
+            r = Reader(str(path))
+    except Exception as e:  # a damaged header makes numpy / ffcv raise anything (e.g. negative dimensions)
+        return f"unreadable header or allocation table ({e.__class__.__name__}: {str(e)[:100]}): truncated or damaged"
+    n = int(r.num_samples)
+    table_bytes = size - int(r.header["alloc_table_ptr"])
+    if table_bytes < 0 or table_bytes % r.alloc_table.dtype.itemsize:
+        return f"allocation table (at the end of the file) cut short at {size} bytes: truncated"
+    if len(r.metadata) != n:
+        return f"per-sample metadata cut short ({len(r.metadata)} of {n} samples): truncated"
+    if num_samples is not None and n != int(num_samples):
+        return f"{n} samples, manifest says {num_samples}"
+    names = list(r.handlers)
+    if "image" not in names:
+        return f"no image field (fields {names})"
+    ptrs = np.asarray(r.metadata[f"f{names.index('image')}"]["data_ptr"], dtype=np.int64)
+    table = np.sort(r.alloc_table, order="ptr")
+    at = np.searchsorted(table["ptr"], ptrs).clip(0, max(len(table) - 1, 0))
+    if len(table) == 0 or not np.array_equal(table["ptr"][at].astype(np.int64), ptrs):
+        bad = int(np.argmax(table["ptr"][at].astype(np.int64) != ptrs)) if len(table) else 0
+        return f"sample {bad}: its image is missing from the allocation table: damaged or truncated"
+    ends = ptrs + table["size"][at].astype(np.int64)
+    if n and int(ends.max()) > size:
+        return f"sample {int(np.argmax(ends > size))} and others lie beyond the end of the file ({size} bytes): truncated"
+    return None
+
+
+def check_beton(path: str | os.PathLike, num_samples: int | None = None) -> None:
+    """A one-line FastdiscoError naming the file when beton_damage finds any."""
+    from fastdisco.errors import FastdiscoError
+
+    why = beton_damage(path, num_samples)
+    if why:
+        raise FastdiscoError(f"{path}: damaged .beton: {why}; re-copy the dataset or run prepare-data again "
+                             "(`fastdisco inspect --full` checks every file)")

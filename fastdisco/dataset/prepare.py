@@ -10,6 +10,10 @@ Work is cut into shards of `shard_size` *inputs*: shard k converts inputs [k*S, 
   parts skipped; `--merge` renames them in place (fixed-width keys: header-only rewrite);
 - merge (automatic after a plain run): skipped.tsv, data.beton, and manifest.json last, whose
   presence means "complete".
+
+Every shard tar, its index and the .beton are recorded in manifest.json with their size and sha256
+(`bytes`, `sha256`; a shard's index as `index_bytes`, `index_sha256`), so `fastdisco inspect --full`
+can verify every byte. Hashes are taken when a file is written (a renumbered shard: again at merge).
 """
 from __future__ import annotations
 
@@ -181,19 +185,31 @@ def _write_shard(lay: Layout, k: int, first: int, results: list[tuple[int, Any]]
                 f.flush()
                 os.fsync(f.fileno())
             tar_bytes = tmp.stat().st_size
+            sums = _checksums(tmp, None)
             os.replace(tmp, tar_path)
         finally:
             if tmp.exists():
                 tmp.unlink()
         webdataset.write_index(idx_path, w.members)
+        sums = {**sums, **_checksums(None, idx_path)}
     rec = {
         "shard": k, "inputs": [results[0][0], results[-1][0] + 1], "first": first, "count": len(kept),
-        "tar": lay.tar(k), "index": lay.idx(k), "tar_bytes": tar_bytes,
+        "tar": lay.tar(k), "index": lay.idx(k), "tar_bytes": tar_bytes, **(sums if kept else {}),
         "samples": [[enc.width, enc.height, source.labels[i]] for i, enc in kept],
         "skipped": skipped,
     }
     write_json(lay.record(k), rec, indent=None)
     return rec
+
+
+def _checksums(tar: Path | None, idx: Path | None) -> dict:
+    """The manifest's checksum keys of a shard's tar and/or index (see the module doc)."""
+    out = {}
+    if tar is not None:
+        out["sha256"] = webdataset.file_sha256(tar)
+    if idx is not None:
+        out["index_bytes"], out["index_sha256"] = os.path.getsize(idx), webdataset.file_sha256(idx)
+    return out
 
 
 def _convert(lay: Layout, source: Source, settings: Settings, chunk_ids: range, workers: int,
@@ -245,9 +261,15 @@ def _finalize(lay: Layout, source_desc: dict, plan: dict, settings: Settings, nu
             members = webdataset.renumber(lay.out / rec["tar"], first)
             webdataset.write_index(lay.out / rec["index"], members)
             rec["first"] = first
+            rec.update(_checksums(lay.out / rec["tar"], lay.out / rec["index"]))  # new headers: new bytes
+            write_json(lay.record(rec["shard"]), rec, indent=None)
+        elif rec["count"] and "sha256" not in rec:  # a shard written by an older fastdisco
+            rec.update(_checksums(lay.out / rec["tar"], lay.out / rec["index"]))
             write_json(lay.record(rec["shard"]), rec, indent=None)
         if rec["count"]:
-            shard_list.append({"tar": rec["tar"], "index": rec["index"], "count": rec["count"], "first": first})
+            shard_list.append({"tar": rec["tar"], "index": rec["index"], "count": rec["count"], "first": first,
+                               "bytes": rec["tar_bytes"], "sha256": rec["sha256"],
+                               "index_bytes": rec["index_bytes"], "index_sha256": rec["index_sha256"]})
             sizes.append(rec["samples"])
         first += rec["count"]
     num_samples = first
@@ -269,14 +291,19 @@ def _finalize(lay: Layout, source_desc: dict, plan: dict, settings: Settings, nu
 
         marker = lay.work / "ffcv.json"
         want = {"num_samples": num_samples, "shards": shard_list}
-        if not (lay.beton.is_file() and _read_json(marker) == want):
+        done = _read_json(marker) or {}
+        if not (lay.beton.is_file() and {k: v for k, v in done.items() if k != "beton"} == want):
             beton.write_beton(lay.beton, beton.ShardSamples(lay.out, shard_list, sizes),
                               settings.max_side, settings.quality, num_workers=ffcv_workers, progress=progress)
-            write_json(marker, want)
-        ffcv = {"path": lay.beton.name}
+            done = {}
+        if "beton" not in done:  # hashed once, right after writing (or for a .beton of an older version)
+            write_json(marker, {**want, "beton": webdataset.file_record(lay.beton)})
+            done = _read_json(marker)
+        ffcv = {"path": lay.beton.name, **done["beton"]}
 
     manifest = {
         "format_version": FORMAT_VERSION,
+        "checksum": "sha256",  # of every file listed (shards, indexes, .beton): `inspect --full` checks them
         "num_samples": num_samples,
         "num_classes": len(plan["classes"]),
         "classes": plan["classes"],

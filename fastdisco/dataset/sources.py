@@ -17,6 +17,9 @@ from typing import Any
 from fastdisco.errors import FastdiscoError
 
 UNLABELED = -1
+# Numeric labels in a file list are class indices 0..max: one mistyped label (99999999) would
+# otherwise make 100M classes (a GB-sized manifest, a 100M-way head). Larger ids must be names.
+MAX_NUMERIC_CLASSES = 100_000
 
 
 class Source:
@@ -210,13 +213,13 @@ def folder_source(root: str | os.PathLike) -> FileSource:
 def list_source(list_file: str | os.PathLike) -> FileSource:
     """A .txt/.csv list, one `path[,label]` per line; relative paths are relative to the list.
 
-    Labels are integers (classes "0".."max") or class names (classes = sorted names).
-    A first line `path,label` is treated as a header.
+    Labels are integers (classes "0".."max", max below MAX_NUMERIC_CLASSES) or class names
+    (classes = sorted names). A first line `path,label` is treated as a header.
     """
     list_file = Path(list_file)
     if not list_file.is_file():
         raise FastdiscoError(f"source not found: {list_file}")
-    rows = []
+    rows, linenos = [], []
     with open(list_file, newline="", encoding="utf-8") as f:
         for lineno, row in enumerate(csv.reader(f), 1):
             row = [c.strip() for c in row]
@@ -227,12 +230,18 @@ def list_source(list_file: str | os.PathLike) -> FileSource:
             if len(row) > 2:
                 raise FastdiscoError(f"{list_file}:{lineno}: expected 'path[,label]', got {len(row)} fields")
             rows.append((row[0], row[1] if len(row) == 2 and row[1] != "" else None))
+            linenos.append(lineno)
     raw = [lab for _, lab in rows if lab is not None]
     labeled = bool(raw)
     if all(_is_int(lab) for lab in raw):
         ints = [int(lab) for lab in raw]
         if ints and min(ints) < 0:
             raise FastdiscoError(f"{list_file}: negative label {min(ints)}")
+        if ints and max(ints) >= MAX_NUMERIC_CLASSES:
+            at = next(n for (_, lab), n in zip(rows, linenos) if lab is not None and int(lab) == max(ints))
+            raise FastdiscoError(
+                f"{list_file}:{at}: numeric label {max(ints)} is too large: numeric labels are class indices "
+                f"0..{MAX_NUMERIC_CLASSES - 1} (a typo?); for other ids write class names (e.g. n01440764)")
         classes = [str(i) for i in range(max(ints) + 1)] if ints else []
         labels = [int(lab) if lab is not None else UNLABELED for _, lab in rows]
     else:

@@ -17,6 +17,7 @@ The data offset is the byte offset of the member's data (its 512-byte header + 5
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -98,6 +99,20 @@ def write_index(idx_path: str | os.PathLike, members: list[Member]) -> None:
     os.chmod(idx_path, 0o644)  # readable by the other users of a shared dataset
 
 
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (hex): the checksum manifest.json records per shard, index and .beton."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(path: str | os.PathLike) -> dict:
+    """{"bytes", "sha256"} of a file, as stored in manifest.json."""
+    return {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+
+
 def read_members(tar_path: str | os.PathLike) -> list[Member]:
     """Regular-file members of a tar with their data offsets (for re-indexing and checks)."""
     with tarfile.open(tar_path, mode="r:") as tar:
@@ -106,18 +121,28 @@ def read_members(tar_path: str | os.PathLike) -> list[Member]:
 
 def read_index(idx_path: str | os.PathLike) -> list[dict[str, Member]]:
     """Parse a wds2idx file (any "v1.x" version line) into one {ext: Member} per sample."""
-    lines = Path(idx_path).read_text().splitlines()
+    try:
+        lines = Path(idx_path).read_text().splitlines()
+    except UnicodeDecodeError:
+        raise FastdiscoError(f"{idx_path}: damaged DALI index (not text)") from None
     head = lines[0].split() if lines else []
-    if len(head) != 2 or not head[0].startswith("v1."):
-        raise FastdiscoError(f"{idx_path}: not a DALI webdataset index (first line {lines[:1]!r})")
+    if len(head) != 2 or not head[0].startswith("v1.") or not head[1].isdigit():
+        raise FastdiscoError(f"{idx_path}: not a DALI webdataset index (first line {lines[:1]!r:.80})")
     out = []
-    for line in lines[1:1 + int(head[1])]:
+    for n, line in enumerate(lines[1:1 + int(head[1])], 2):
         parts = line.split()
         sample = {}
-        for j in range(0, len(parts), 4):
-            ext, off, size, name = parts[j:j + 4]
-            sample[ext] = Member(name, int(off), int(size))
+        try:
+            if not parts or len(parts) % 4:
+                raise ValueError
+            for j in range(0, len(parts), 4):
+                ext, off, size, name = parts[j:j + 4]
+                sample[ext] = Member(name, int(off), int(size))
+        except ValueError:
+            raise FastdiscoError(f"{idx_path}:{n}: damaged DALI index line {line[:80]!r}") from None
         out.append(sample)
+    if len(out) != int(head[1]):
+        raise FastdiscoError(f"{idx_path}: damaged DALI index ({len(out)} sample lines, header says {head[1]})")
     return out
 
 
@@ -170,8 +195,13 @@ def load_manifest(root: str | Path) -> dict:
     if not p.is_file():
         raise FastdiscoError(f"config key 'data.path': {root} is not a prepared dataset (no manifest.json; "
                              "run `fastdisco prepare-data` first)")
-    m = json.loads(p.read_text())
-    if m.get("format_version") != 1:
+    try:
+        m = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FastdiscoError(f"{p}: damaged manifest (not valid JSON: {str(e)[:80]}); run prepare-data again") from None
+    if not isinstance(m, dict) or m.get("format_version") != 1:
+        if not isinstance(m, dict):
+            raise FastdiscoError(f"{p}: damaged manifest (not a JSON object)")
         raise FastdiscoError(f"{p}: unsupported format_version {m.get('format_version')!r} (expected 1)")
     return m
 
@@ -196,7 +226,18 @@ class ShardIndex:
         for k, s in enumerate(manifest["shards"]):
             tar = root / s["tar"]
             idx = root / s["index"] if s.get("index") else None
-            members = read_index(idx) if idx is not None and idx.is_file() else scan_samples(tar)
+            try:
+                members = read_index(idx) if idx is not None and idx.is_file() else scan_samples(tar)
+                size = tar.stat().st_size
+            except (OSError, tarfile.TarError) as e:
+                raise FastdiscoError(f"{tar}: unreadable shard ({e.__class__.__name__}: {str(e)[:120]})") from None
+            def end(comps: dict[str, Member]) -> int:
+                return max(m.offset + m.size for m in comps.values())
+
+            if members and end(members[-1]) > size:  # cut short (copy interrupted, disk full): name the first lost sample
+                lost = next(j for j, comps in enumerate(members) if end(comps) > size)
+                raise FastdiscoError(f"{tar}: truncated ({size} bytes): sample {key(int(s['first']) + lost)} and later "
+                                     "lie beyond its end; re-copy the dataset or run prepare-data again")
             if len(members) != int(s["count"]):
                 raise FastdiscoError(f"{tar}: {len(members)} samples, manifest says {s['count']}")
             first = int(s["first"])
@@ -227,15 +268,43 @@ class SampleReader:
             fd = self._fds[k] = os.open(self.index.tars[k], os.O_RDONLY)
         return fd
 
+    def where(self, i: int) -> str:
+        """'SHARD sample KEY': how errors name a sample."""
+        return f"{self.index.tars[int(self.index.shard[i])]} sample {key(i)}"
+
     def jpeg(self, i: int) -> bytes:
         off, size = self.index.jpg[i]
-        return os.pread(self._fd(int(self.index.shard[i])), int(size), int(off))
+        try:
+            data = os.pread(self._fd(int(self.index.shard[i])), int(size), int(off))
+        except OSError as e:
+            raise FastdiscoError(f"{self.where(i)}: unreadable ({e.strerror or e})") from None
+        if len(data) != size:
+            raise FastdiscoError(f"{self.where(i)}: shard truncated ({len(data)} of {int(size)} JPEG bytes)")
+        return data
+
+    def decoded(self, i: int, decode):
+        """decode(jpeg bytes of sample i); a sample that does not decode is an error naming it."""
+        return self.parse(i, self.jpeg(i), decode)
+
+    def parse(self, i: int, data: bytes, decode):
+        """decode(data), `data` being sample i's JPEG bytes already read; errors name the sample."""
+        try:
+            return decode(data)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:  # PIL raises several types for damaged data
+            raise FastdiscoError(f"{self.where(i)}: damaged JPEG ({e.__class__.__name__}: {str(e)[:120]}); "
+                                 "`fastdisco inspect --full` lists every damaged file") from None
 
     def label(self, i: int) -> int:
         off, size = self.index.cls[i]
         if size == 0:
             return -1
-        return int(os.pread(self._fd(int(self.index.shard[i])), int(size), int(off)).decode().strip())
+        raw = os.pread(self._fd(int(self.index.shard[i])), int(size), int(off))
+        try:
+            return int(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            raise FastdiscoError(f"{self.where(i)}: damaged label {raw[:20]!r}") from None
 
     def __getstate__(self):
         return {"index": self.index}

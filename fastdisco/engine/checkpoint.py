@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdisco.errors import FastdiscoError
+from fastdisco.errors import FastdiscoError, UsageError
 from fastdisco.io import atomic_torch_save, safe_torch_load
 
 FORMAT = "fastdisco-ckpt-v1"
@@ -153,3 +153,52 @@ class StopSignal:
 
     def __bool__(self) -> bool:
         return self.received is not None
+
+
+# --------------------------------------------------------------------------- resume with another config
+# The student's shape: a checkpoint cannot be loaded into another one.
+ARCHITECTURE_KEYS = ("method.name", "model.student", "model.stem", "model.proj_hidden", "model.proj_dim",
+                     "method.queue_size")
+CLASSIFIER_KEYS = ("model.num_classes",)  # part of the shape for students that keep their classifier
+# Values that never change what a step computes: a resume may change them freely.
+NEUTRAL_KEYS = ("train.out_dir", "train.stop_at", "train.resume", "train.allow_config_change", "train.progress",
+                "train.tensorboard", "train.keep_ckpts", "train.ckpt_every", "train.log_every", "train.compile",
+                "train.dist_backend", "data.num_workers", "data.dali_threads")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_changes(saved: dict, new: dict) -> list[tuple[str, object, object]]:
+    """(key, value in the checkpoint, value now) for every config value that differs, except the
+    NEUTRAL_KEYS; keys one side lacks (another fastdisco version) are not compared."""
+    a, b = _flat(saved or {}), _flat(new)
+    return [(k, a[k], b[k]) for k in b if k in a and a[k] != b[k] and k not in NEUTRAL_KEYS]
+
+
+def _fmt(changes) -> str:
+    return ", ".join(f"{k} {v0!r} -> {v1!r}" for k, v0, v1 in changes)
+
+
+def check_resume_config(saved: dict, new: dict, allow: bool, where: str) -> list[tuple[str, object, object]]:
+    """Refuse to resume `where` with another architecture (always) or other values (unless `allow`);
+    return the changes that are allowed, for the caller to print."""
+    changes = config_changes(saved, new)
+    shape = ARCHITECTURE_KEYS + (CLASSIFIER_KEYS if _flat(new).get("method.name") in ("ssld", "supervised") else ())
+    arch = [c for c in changes if c[0] in shape]
+    if arch:
+        raise UsageError(f"cannot resume {where}: its checkpoint has another architecture ({_fmt(arch)}); "
+                         f"use a new train.out_dir (or train.resume=false to start over)")
+    if changes and not allow:
+        shown = _fmt(changes[:6]) + (f" and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise UsageError(f"cannot resume {where}: config differs from its checkpoint's ({shown}); re-run with "
+                         f"--allow-config-change (train.allow_config_change=true) to resume with the new values, "
+                         f"or use a new train.out_dir")
+    return changes

@@ -29,7 +29,8 @@ import torch
 
 from fastdisco.config import decay_norm_bias, save_yaml, to_dict, validate
 from fastdisco.distributed import all_reduce_mean, cleanup, init_distributed
-from fastdisco.engine.checkpoint import FORMAT, CheckpointManager, StopSignal, rng_state, set_rng_state
+from fastdisco.engine.checkpoint import (FORMAT, CheckpointManager, StopSignal, check_resume_config, rng_state,
+                                        set_rng_state)
 from fastdisco.engine.metrics import MetricsLogger
 from fastdisco.engine.optim import build_optimizer, cosine_schedule, scaled_lr, supports_found_inf
 from fastdisco.errors import FastdiscoError
@@ -120,6 +121,8 @@ class Trainer:
             raise FastdiscoError(f"config key 'method.name': unknown method {cfg.method.name!r}")
         self.amp_dtype = torch.bfloat16 if tc.precision == "bf16" else None
         self.run = Path(tc.out_dir)
+        self.ckpt = CheckpointManager(self.run, tc.keep_ckpts)
+        self.resume_state = self._checked_resume_state()  # before config.yaml is rewritten
         self._write_run_dir()
         self.loader = loader if loader is not None else owned.enter_context(self._build_loader())
         self.accum = max(1, oc.grad_accum)
@@ -137,7 +140,6 @@ class Trainer:
         self.schedule = cosine_schedule(lr, self.total, round(oc.warmup_epochs * steps_per_epoch),
                                         oc.min_lr_ratio).tolist()
         self.on_device_skip = supports_found_inf(self.optimizer)
-        self.ckpt = CheckpointManager(self.run, tc.keep_ckpts)
         self.step_no, self.epoch, self.last_ckpt = 0, 0, None
         self._resume()
         self.ddp = self.method.prepare_distributed(self.device) if self.world > 1 else None
@@ -150,6 +152,23 @@ class Trainer:
         self.sums: dict[str, torch.Tensor] = {}
 
     # ---------------------------------------------------------------- set-up
+    def _checked_resume_state(self) -> dict | None:
+        """The checkpoint to resume from, once its config agrees with this one: another
+        architecture is refused, other values need train.allow_config_change (printed)."""
+        if not (self.cfg.train.resume and self.ckpt.exists()):
+            return None
+        state = self.ckpt.load()
+        changes = check_resume_config(state.get("config") or {}, to_dict(self.cfg),
+                                      self.cfg.train.allow_config_change, str(self.run))
+        if changes and self.main:
+            import yaml
+
+            kept = self.run / f"config.before_step_{state['step']:08d}.yaml"
+            kept.write_text(yaml.safe_dump(state["config"], sort_keys=False))
+            print(f"fastdisco train: resuming {self.run} with a changed config (train.allow_config_change): "
+                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes) + f"; the old one is in {kept.name}")
+        return state
+
     def _write_run_dir(self) -> None:
         if self.main:
             self.run.mkdir(parents=True, exist_ok=True)
@@ -173,18 +192,40 @@ class Trainer:
         mem = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
         self.student, self.teacher, self.method = build_models(self.cfg, method_cls, teacher, self.device, mem)
         self.method.train()
+        if self.teacher is not None:  # NaN / Inf weights show in the first output: stop there, by name
+            self._teacher_hook = self.teacher.register_forward_hook(self._check_teacher_output)
         torch.manual_seed(self.cfg.train.seed + self.rank)
         self.method.seed_rng(self.cfg.train.seed + self.rank, self.device)
 
+    def _check_teacher_output(self, module, inputs, output) -> None:
+        """First teacher call only: a non-finite output from finite input means a broken teacher."""
+        self._teacher_hook.remove()
+        x = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
+        if not torch.is_tensor(output) or x is None or not bool(torch.isfinite(x).all()):
+            return  # non-finite input is the data's problem (train.nan_policy)
+        if not bool(torch.isfinite(output).all()):
+            bad = sum(int((~torch.isfinite(t)).sum()) for t in (*module.parameters(), *module.buffers())
+                      if t.is_floating_point())
+            what = (f"{bad} of its weights are NaN/Inf" if bad
+                    else f"its weights are finite: it overflows in {output.dtype}")
+            src = self.cfg.model.teacher_ckpt or self.cfg.model.teacher or "the given teacher"
+            raise FastdiscoError(f"the teacher ({src}) gives non-finite output on the first batch from finite "
+                                 f"input: {what}; check the teacher checkpoint")
+
     def _resume(self) -> None:
-        if not (self.cfg.train.resume and self.ckpt.exists()):
+        state, self.resume_state = self.resume_state, None
+        if state is None:
             self.loader.set_epoch(self.epoch)
             if self.cfg.model.init_ckpt and self.main:
                 print(f"fastdisco train: student weights from {self.cfg.model.init_ckpt}; optimizer, schedule "
                       "and step start fresh")
             return
-        state = self.ckpt.load()
-        self.student.load_state_dict(state["student"])
+        try:
+            self.student.load_state_dict(state["student"])
+        except RuntimeError as e:  # a checkpoint of an older version whose config lacks the keys compared
+            raise FastdiscoError(f"cannot resume {self.run}: its checkpoint does not fit model.student="
+                                 f"{self.cfg.model.student} ({str(e).splitlines()[-1].strip()[:200]}); "
+                                 "use a new train.out_dir") from None
         self.method.load_extra_state(state)
         self.optimizer.load_state_dict(state["optimizer"])
         rngs = state["rng"]
@@ -205,6 +246,7 @@ class Trainer:
                                     total=self.end, start=self.step_no, desc=self.cfg.method.name)
         self._it = iter(self.loader)
         t_last, step_last, metrics = time.perf_counter(), self.step_no, {}
+        first_step = self.step_no
         with StopSignal() as signal_flag:
             while self.step_no < self.end:
                 self.step()
@@ -228,6 +270,7 @@ class Trainer:
                               "re-run the same command to resume")
                     break
         metrics_log.close()
+        self._report_skipped(self.step_no - first_step)
         return {"step": self.step_no, "total_steps": self.total, "last_checkpoint": self.last_ckpt,
                 "metrics": metrics, "interrupted": bool(signal_flag)}
 
@@ -311,6 +354,19 @@ class Trainer:
         for m in (self.student, getattr(self.method, "key_encoder", None)):
             if m is not None:
                 repair_bn_stats(m)
+
+    def _report_skipped(self, ran: int) -> None:
+        """nan_policy=skip: say how many steps were skipped; a run that skipped every step failed."""
+        bad = int(self.n_bad.item())
+        if bad == 0 or ran == 0:
+            return
+        if bad >= ran:
+            raise FastdiscoError(f"every one of the {ran} steps of this run had a non-finite loss and was skipped "
+                                 f"(train.nan_policy=skip), so the weights never changed; checkpoint "
+                                 f"{self.last_ckpt}; lower optim.lr, or check the data and the teacher")
+        if self.main:
+            print(f"fastdisco train: warning: {bad} of {ran} steps had a non-finite loss and were skipped "
+                  f"(first: step {int(self.first_bad.item())}; train.nan_policy=skip)")
 
     def _metrics(self, dt: float, n: int) -> dict:
         names = sorted(self.sums)

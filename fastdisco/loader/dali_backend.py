@@ -92,7 +92,7 @@ class PlanSource:
         idx, valid = self._plans[e]
         ids = idx[b]
         data = [self.reader.jpeg(int(i)) for i in ids]
-        hw = torch.tensor([jpeg_size(d) for d in data])
+        hw = torch.tensor([self.reader.parse(int(i), d, jpeg_size) for i, d in zip(ids, data)])  # errors name the sample
         params = A.sample_params(A.make_generator(self.seed, e, self.rank, b), self.views, hw[:, 0], hw[:, 1], self.res)
         labels = [self.reader.label(int(i)) for i in ids]
         meta = np.stack([np.asarray(labels, np.int64), ids.astype(np.int64), valid[b].astype(np.int64)], 1)

@@ -169,6 +169,9 @@ class FfcvLoader(BaseLoader):
         if not entry:
             raise FastdiscoError(f"{cfg.path}: prepared without the ffcv format (manifest 'ffcv' is null)")
         self.beton = str(Path(cfg.path) / entry["path"])
+        from fastdisco.dataset.beton import check_beton
+
+        check_beton(self.beton, self.manifest["num_samples"])  # truncated / damaged: one line naming the file
         self._loader = None
         self._names: list[str] = []
         self._boxes: dict[int, np.ndarray] = {}  # view -> [N, 4] int32 crop table (random-crop views)

@@ -231,7 +231,12 @@ class TorchLoader(BaseLoader):
         return self._dl
 
     def _release(self) -> None:
-        # the iterator's __del__ shuts the persistent workers down; the shared batches go with the pool
+        # the iterator's __del__ shuts the persistent workers down; the shared batches go with the pool.
+        # After an error from a worker (a damaged sample) the traceback keeps the iterator alive, so
+        # its workers are shut down here: left running, they hung the interpreter's exit.
+        shutdown = getattr(self._it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
         self._it = self._dl = self._pool = self._next = None
 
     def _batches(self, idx: np.ndarray, valid: np.ndarray, start: int, epoch: int) -> Iterator[Batch]:

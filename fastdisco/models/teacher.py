@@ -212,6 +212,10 @@ def load_teacher(model_cfg, output: Output = "embedding", device: str | torch.de
         elif conv.head_expected:
             raise FastdiscoError(f"{where} has no projection head, which the embedding output "
                                  f"(DisCo distills the final embedding) needs{hint}")
+        elif conv.format == "fastdisco" and model_cfg.teacher_proj_hidden:
+            raise FastdiscoError(f"{where} has no projection head (head.* keys) but model.teacher_proj_hidden="
+                                 f"{model_cfg.teacher_proj_hidden} expects one; set model.teacher_proj_hidden=0 "
+                                 "to distil its pooled features")
         else:
             log.info("teacher %s: no projection head in the checkpoint; embedding = pooled features", name)
     if dropped:
