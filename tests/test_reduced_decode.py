@@ -140,7 +140,7 @@ def test_loader_caps_decoded_pixels_and_names_the_file_and_sample(big, monkeypat
     assert scales.tolist() == [4] * B and all(im.shape[1:] == (96, 128) for im in imgs)
     monkeypatch.setattr(images, "MAX_DECODED_PIXELS", 10)
     ld2 = make_loader(cfg(big))
-    with pytest.raises(FastdiscoError, match=r"shard-\d+\.tar, sample \d+: too many pixels to decode: 512x384"):
+    with pytest.raises(FastdiscoError, match=r"shard-\d+\.tar sample \d+: too many pixels to decode: 512x384"):
         next(iter(ld2))
 
 

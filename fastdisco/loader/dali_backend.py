@@ -20,6 +20,7 @@ starts elsewhere (set_epoch / load_state_dict) builds a new one.
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterator
 
 import numpy as np
@@ -194,7 +195,10 @@ class DaliLoader(BaseLoader):
         for b in range(start, len(idx)):
             if self._pipe is None:
                 raise FastdiscoError("dali loader: closed during a pass")
-            outs = self._pipe.run()
+            try:
+                outs = self._pipe.run()
+            except Exception as e:  # a source worker's error arrives as text inside DALI's own
+                raise _fastdisco_error(e) from None
             params = [unpack_params(np.array(o.as_tensor()), sch) for o, sch in zip(outs[V : 2 * V], self._schema)]
             meta = torch.from_numpy(np.array(outs[2 * V].as_tensor()))
             labels, ids, val = meta[:, 0].clone(), meta[:, 1].clone(), meta[:, 2].bool()
@@ -213,3 +217,11 @@ class DaliLoader(BaseLoader):
         dst = torch.empty(t.shape(), dtype=torch.uint8, device=self.device)
         feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(self.device))
         return dst
+
+
+def _fastdisco_error(e: Exception) -> Exception:
+    """DALI re-raises an error of a parallel source worker as a generic Exception carrying the
+    worker's traceback text: give back the FastdiscoError it names (one line, the damaged
+    sample), or the original error when it is something else."""
+    found = re.findall(r"FastdiscoError: (.+)", str(e))
+    return FastdiscoError(found[-1].strip()) if found else e

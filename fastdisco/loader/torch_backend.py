@@ -124,7 +124,8 @@ class _PlanBatches(Dataset):
             params = aug.sample(g, *header_sizes(jpegs))
         except (OSError, SyntaxError, ValueError) as e:
             bad = next(n for n, j in enumerate(jpegs) if not _header_ok(j))
-            raise FastdiscoError(f"{where(bad)}: cannot read the JPEG header ({type(e).__name__}: {e})") from None
+            raise FastdiscoError(f"{where(bad)}: damaged JPEG (cannot read its header: {type(e).__name__}: "
+                                 f"{str(e)[:120]}); `fastdisco inspect --full` lists every damaged file") from None
         if self.worker_does == "raw":  # the main process decodes on the GPU (gpu_decode)
             return gpu_decode.byte_tensors(jpegs), params, labels, torch.from_numpy(ids.copy()), \
                 torch.from_numpy(valid[b].copy())
@@ -148,8 +149,8 @@ class _PlanBatches(Dataset):
 
 
 def sample_name(reader: SampleReader, i: int) -> str:
-    """'shard file, sample i' for messages about one record."""
-    return f"{reader.index.tars[int(reader.index.shard[i])]}, sample {i}"
+    """'SHARD sample KEY' for messages about one record (as every reader error names it)."""
+    return reader.where(i)
 
 
 def _header_ok(jpeg: bytes) -> bool:
