@@ -94,10 +94,16 @@ def test_nan_teacher_is_caught_on_the_first_batch(tmp_path):
     with torch.no_grad():
         teacher.fc.weight[0, 0] = float("nan")
     cfg = tiny_cfg(tmp_path, "disco", train={"max_steps": 4, "nan_policy": "skip"})
-    with pytest.raises(FastdiscoError, match=r"teacher .* non-finite output on the first batch .*1 of its weights"):
+    with pytest.raises(FastdiscoError, match=r"teacher .* non-finite weights: 1 of its weights are NaN/Inf"):
         train(cfg, loader=TinyLoader(), teacher=teacher)
     assert not (Path(cfg.train.out_dir) / "checkpoints" / "last.pt").exists()
-    # a finite teacher trains (the check removes itself after the first call)
+    # finite weights whose output overflows: caught by the probe forward, before any step
+    big = TinyTeacher(128)
+    with torch.no_grad():
+        big.fc.weight.fill_(3e38)
+    with pytest.raises(FastdiscoError, match=r"teacher .* non-finite output on a probe batch .* overflows"):
+        train(tiny_cfg(tmp_path / "big", "disco", train={"max_steps": 4}), loader=TinyLoader(), teacher=big)
+    # a finite teacher trains
     result = train(tiny_cfg(tmp_path / "ok", "disco", train={"max_steps": 2}), loader=TinyLoader(),
                    teacher=TinyTeacher(128))
     assert result["step"] == 2

@@ -192,25 +192,37 @@ class Trainer:
         mem = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
         self.student, self.teacher, self.method = build_models(self.cfg, method_cls, teacher, self.device, mem)
         self.method.train()
-        if self.teacher is not None:  # NaN / Inf weights show in the first output: stop there, by name
-            self._teacher_hook = self.teacher.register_forward_hook(self._check_teacher_output)
+        if self.teacher is not None:  # a broken teacher stops the run here, by name, before any step
+            self._check_teacher()
         torch.manual_seed(self.cfg.train.seed + self.rank)
         self.method.seed_rng(self.cfg.train.seed + self.rank, self.device)
 
-    def _check_teacher_output(self, module, inputs, output) -> None:
-        """First teacher call only: a non-finite output from finite input means a broken teacher."""
-        self._teacher_hook.remove()
-        x = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
-        if not torch.is_tensor(output) or x is None or not bool(torch.isfinite(x).all()):
-            return  # non-finite input is the data's problem (train.nan_policy)
-        if not bool(torch.isfinite(output).all()):
-            bad = sum(int((~torch.isfinite(t)).sum()) for t in (*module.parameters(), *module.buffers())
-                      if t.is_floating_point())
-            what = (f"{bad} of its weights are NaN/Inf" if bad
-                    else f"its weights are finite: it overflows in {output.dtype}")
-            src = self.cfg.model.teacher_ckpt or self.cfg.model.teacher or "the given teacher"
-            raise FastdiscoError(f"the teacher ({src}) gives non-finite output on the first batch from finite "
-                                 f"input: {what}; check the teacher checkpoint")
+    def _check_teacher(self) -> None:
+        """Refuse a teacher with non-finite weights, or one whose output on a probe batch (finite
+        input, the run's precision) is not finite. Checked once, eagerly, before training: not as a
+        hook inside the step, which the compiled teacher would trace (a graph break) and which
+        would read a value back to the host during a step. The probe runs in eval mode (running
+        statistics untouched) from its own generator (the run's RNG streams do not move)."""
+        t = self.teacher
+        src = self.cfg.model.teacher_ckpt or self.cfg.model.teacher or "the given teacher"
+        bad = sum(int((~torch.isfinite(x)).sum()) for x in (*t.parameters(), *t.buffers()) if x.is_floating_point())
+        if bad:
+            raise FastdiscoError(f"the teacher ({src}) has non-finite weights: {bad} of its weights are NaN/Inf; "
+                                 "check the teacher checkpoint")
+        res = self.cfg.data.resolution
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 3, res, res, generator=g).to(self.device)
+        was_training = t.training
+        t.eval()
+        try:
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                                 enabled=self.amp_dtype is not None):
+                out = t(x)
+        finally:
+            t.train(was_training)
+        if torch.is_tensor(out) and not bool(torch.isfinite(out).all()):
+            raise FastdiscoError(f"the teacher ({src}) gives non-finite output on a probe batch from finite input "
+                                 f"although its weights are finite: it overflows in {out.dtype}")
 
     def _resume(self) -> None:
         state, self.resume_state = self.resume_state, None
