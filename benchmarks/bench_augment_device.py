@@ -15,9 +15,7 @@ op count.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,26 +25,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 
 from benchmarks.results_io import append_rows  # noqa: E402
+from benchmarks.timing import time_interleaved  # noqa: E402
 from fastdisco import augment as A  # noqa: E402
 from test_augment_masked import old_color_view  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
-    ts: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(repeats + 1):  # one untimed round first
-        for k, fn in fns.items():
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            if r:
-                ts[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in ts.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             for k in ("jitter", "gray", "blur", "solarize", "flip"):
                 p[k][:] = True
         fns = {"old": lambda: old_color_view(x.clone(), p, res), "new": lambda: A.color_view(x.clone(), p, res)}
-        ms = {k: v * 1e3 for k, v in _time(fns, args.repeats, device).items()}
+        ms = {k: v * 1e3 for k, v in time_interleaved(fns, args.repeats, device).items()}
         row = dict(bench="augment_device", case=case, layout=layout, batch=B, resolution=res, device=device.type,
                    threads=torch.get_num_threads(), timer="wall", old_ms=round(ms["old"], 3), new_ms=round(ms["new"], 3),
                    speedup=round(ms["old"] / ms["new"], 2))
@@ -83,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     src = (torch.rand(B, 3, 375, 500, generator=g) * 255).to(torch.uint8).to(device)
     (p,) = A.sample_params(g, A.RECIPES["byol"][1:], torch.full((B,), 375), torch.full((B,), 500), res)
     fns = {"old": lambda: ops.resized_crop(src, p["crop"], res), "new": lambda: ops.resized_crop_matmul(src, p, res)}
-    ms = {k: v * 1e3 for k, v in _time(fns, args.repeats, device).items()}
+    ms = {k: v * 1e3 for k, v in time_interleaved(fns, args.repeats, device).items()}
     row = dict(bench="augment_device", case="crop_resize", layout="nchw", batch=B, resolution=res, device=device.type,
                threads=torch.get_num_threads(), timer="wall", old_ms=round(ms["old"], 3), new_ms=round(ms["new"], 3),
                speedup=round(ms["old"] / ms["new"], 2))

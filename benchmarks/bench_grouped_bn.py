@@ -20,9 +20,7 @@ benchmarks/results/grouped_bn.jsonl (results_io.append_rows); on a CPU the rows 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks.results_io import append_rows  # noqa: E402
+from benchmarks.timing import time_interleaved  # noqa: E402
 from fastdisco.models.grouped_bn import GroupedBatchNorm2d, batched_views  # noqa: E402
 from tests.test_grouped_bn import OldGroupedBatchNorm2d  # noqa: E402
 
@@ -37,28 +36,10 @@ from tests.test_grouped_bn import OldGroupedBatchNorm2d  # noqa: E402
 SHAPES = [(32, 112), (96, 56), (144, 28), (480, 14), (1152, 7)]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _fwd_bwd(bn, xs: list[torch.Tensor], dys: list[torch.Tensor], views: int) -> None:
     with batched_views(views):
         for x, dy in zip(xs, dys):
             bn(x).backward(dy)
-
-
-def _time(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
-    ts: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(repeats + 1):  # one untimed warm-up call each
-        for k, fn in fns.items():
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            if r:
-                ts[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in ts.items()}
 
 
 class _OldWithPost(OldGroupedBatchNorm2d):
@@ -106,7 +87,7 @@ def student_rows(args, device: torch.device, label: str) -> list[dict]:
             with batched_views(2):
                 new(torch.cat([x0, x1])).sum().backward()
 
-        ms = {k: v * 1e3 for k, v in _time({"old": run_old, "new": run_new}, args.repeats, device).items()}
+        ms = {k: v * 1e3 for k, v in time_interleaved({"old": run_old, "new": run_new}, args.repeats, device).items()}
         row = dict(label=label, case="student_two_views", student=args.student, resolution=r,
                    batch_per_view=args.batch, group=args.group, dtype="float32", memory_format=fmt_name,
                    threads=torch.get_num_threads(), timer="wall", old_ms=round(ms["old"], 1),
@@ -154,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "new": lambda: _fwd_bwd(new, [x2], [dy2], 2)},
                 }
                 for case, fns in cases.items():
-                    ms = {k: v * 1e3 for k, v in _time(fns, args.repeats, device).items()}
+                    ms = {k: v * 1e3 for k, v in time_interleaved(fns, args.repeats, device).items()}
                     row = dict(label=label, case=case, channels=c, size=hw, batch_per_view=args.batch,
                                group=args.group, dtype=dtype_name, memory_format=fmt_name,
                                threads=torch.get_num_threads(), timer="wall",
