@@ -245,15 +245,20 @@ def part_fns(s: StepSetup, batch) -> dict[str, Callable[[], object]]:
     teacher_views = views[:2] if name == "disco" else (views[:1] if name == "ssld" else [])
     parts: dict[str, Callable[[], object]] = {}
 
+    def forward_views(run, vs, batched: bool) -> list:
+        """The views through `run` as the method's step runs them: disco's two views as one
+        batched forward where it batches them (DisCo.both_views), one forward per view otherwise."""
+        return list(m.both_views(run, *vs, batched)) if len(vs) == 2 else [run(v) for v in vs]
+
     if teacher_views:
         def teacher():
             with s.autocast():
-                return [m.teach(v) for v in teacher_views]
+                return forward_views(m.teach, teacher_views, getattr(m, "batch_teacher_views", False))
         parts["teacher"] = teacher
 
     def student():
         with s.autocast():
-            outs = [m.run_student(v) for v in student_views]
+            outs = forward_views(m.run_student, student_views, getattr(m, "batch_student_views", False))
         sum(o.float().square().mean() for o in outs).backward()
     parts["student_fwd_bwd"] = student
 
@@ -277,6 +282,8 @@ def part_fns(s: StepSetup, batch) -> dict[str, Callable[[], object]]:
             stubs["run_teacher"] = lambda x: t_out[x.data_ptr()]
         if k_out is not None:
             stubs["run_key"] = lambda x: k_out
+        if hasattr(m, "batch_student_views"):  # the stubs answer per view (by the view's storage)
+            stubs.update(batch_student_views=False, batch_teacher_views=False)
         with _replaced(m, **stubs), s.autocast():
             total, _ = m.step(batch)
         total.backward()

@@ -254,3 +254,18 @@ def test_model_mode_on_gpu_compiled_fused(tmp_path):
     assert fd["peak_mem_mib"] > 0 and fd["gflop_per_step"] > 0 and fd["breakdown_ms"]["teacher"] > 0
     assert fd["peak_share"] is None or 0 < fd["peak_share"] < 1
     assert base["precision"] == "fp32" and not base["compile"] and fd["vs_baseline"] > 0
+
+
+def test_disco_breakdown_times_the_batched_views(tmp_path):
+    """The per-part breakdown runs the DisCo step's parts as the step runs them: both views of
+    student and teacher as one batched forward (grouped BN, shuffle_bn_group 4 of 8), and the loss
+    sub-run on cached outputs, view by view."""
+    res = tmp_path / "results"
+    rc = _run(["--mode", "model", "--method", "disco", "--device", "cpu", "--batch", "8", "--resolution", "32",
+               "--teacher", "test_resnet", "--student", "test_efficientnet", "--precision", "fp32", "--no-compile",
+               "--steps", "1", "--warmup", "1", "--repeats", "1", "--breakdown", "--results-dir", str(res),
+               "--set", "method.queue_size=64", "--set", "model.shuffle_bn_group=4"])
+    assert rc == 0
+    fd = {r["impl"]: r for r in _rows(res)}["fastdisco"]
+    assert set(fd["breakdown_ms"]) >= {"teacher", "student_fwd_bwd", "momentum_encoder", "loss", "optimizer"}
+    assert all(v > 0 for v in fd["breakdown_ms"].values()), fd["breakdown_ms"]
